@@ -1,0 +1,100 @@
+// vsock::Device: a transport-agnostic virtio-vsock device that terminates the guest's
+// stream connections and bridges each one to a host stream socket.
+//
+// Role: implements virtio::VirtioDevice for queue 0 (rx, device -> driver) and queue 1 (tx,
+// driver -> device). The vhost-user backend drives it; it never includes vhost_user, so it is
+// tested with rings built by virtio::DriverQueue.
+// Threading: everything runs on the EventLoop passed in; no locks.
+//
+// What it guarantees (details in device.cc and connection.h):
+//  - every tx chain is returned to the guest (used len 0), valid or not;
+//  - guest input is validated before use (src_cid anti-spoofing, type, op, len vs bytes
+//    present, 64 KiB cap); a bad packet is dropped with a rate-limited log line, a bad
+//    connection is reset, the device keeps serving the others;
+//  - RST answers packets for unknown connections and refused connects, never an RST;
+//  - per-connection credit: never sends the guest more than its buf_alloc allows, and sends
+//    CREDIT_UPDATE on its own when the guest's view of our free space runs low;
+//  - half-close both ways (SHUTDOWN SEND <-> shutdown(SHUT_WR) / EOF);
+//  - bounded memory per connection (at most buf_alloc of guest data buffered for a slow host
+//    reader; host data is read straight into guest rx buffers, only as credit allows);
+//  - coalescing: consecutive RW packets of a connection go to the host in one writev, and
+//    host data is read with one readv across as many rx buffers as credit allows.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "base/event_loop.h"
+#include "base/result.h"
+#include "virtio/virtio_device.h"
+#include "vsock/host_backend.h"
+
+namespace vsockd::vsock {
+
+struct DeviceOptions {
+  uint64_t guest_cid = 3;
+  // Our receive buffer per connection, advertised to the guest as buf_alloc: how much guest
+  // data may wait for a slow host reader (vhost-device-vsock's --tx-buffer-size).
+  uint32_t buf_alloc = 256 * 1024;
+  // How long a host -> guest connect waits for the guest's RESPONSE (Linux uses 2 s).
+  std::chrono::milliseconds connect_timeout{2000};
+  // How long a connection we shut down waits for the guest's RST (Linux: 8 s).
+  std::chrono::milliseconds close_timeout{8000};
+  // Connections per device; a REQUEST beyond it is refused with RST.
+  uint32_t max_connections = 65536;
+  // Offer VIRTIO_RING_F_INDIRECT_DESC / VIRTIO_RING_F_EVENT_IDX.
+  bool offer_indirect = true;
+  bool offer_event_idx = true;
+};
+
+struct DeviceStats {
+  uint64_t tx_packets = 0;      // guest -> device packets
+  uint64_t rx_packets = 0;      // device -> guest packets
+  uint64_t tx_bytes = 0;        // payload bytes guest -> host
+  uint64_t rx_bytes = 0;        // payload bytes host -> guest
+  uint64_t dropped_packets = 0; // invalid guest packets dropped
+  uint64_t rst_sent = 0;
+  uint64_t connections_opened = 0;
+  uint64_t connections_active = 0;
+  uint64_t buffered_bytes = 0;  // guest data waiting for slow host readers, all connections
+};
+
+class Device : public virtio::VirtioDevice {
+ public:
+  Device(EventLoop* loop, HostBackend* backend, DeviceOptions options);
+  ~Device() override;
+
+  // virtio::VirtioDevice
+  uint64_t DeviceFeatures() const override;
+  uint32_t NumQueues() const override { return 2; }
+  bool ReadConfig(uint32_t offset, std::span<uint8_t> out) const override;
+  void SetAckedFeatures(uint64_t features) override;
+  void QueueStarted(uint32_t index, virtio::SplitQueue* queue, bool driver_reset) override;
+  void QueueStopped(uint32_t index) override;
+  void QueueKicked(uint32_t index) override;
+  void FrontendGone() override;
+
+  // Host -> guest connect (hybrid "CONNECT <port>"). Sends REQUEST to guest_port (queued
+  // until the guest's rx queue runs, within connect_timeout). `done` runs once:
+  //  - with the host-side port we allocated when the guest answers RESPONSE; it returns the
+  //    stream to attach (after, say, writing "OK <port>\n" to it), or nullopt to abandon
+  //    (the device then resets the guest side);
+  //  - with an error when the guest refuses (ECONNREFUSED), does not answer (ETIMEDOUT) or
+  //    the device goes away (ECONNRESET); its return value is then ignored.
+  using GuestConnectDone = std::function<std::optional<HostStream>(Result<uint32_t>)>;
+  Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done);
+  // Abandons a pending ConnectToGuest (the host peer went away); `done` is not called.
+  void CancelConnectToGuest(uint64_t id);
+
+  uint64_t guest_cid() const;
+  const DeviceStats& stats() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace vsockd::vsock
