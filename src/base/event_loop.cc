@@ -89,6 +89,16 @@ void EventLoop::CancelTimer(TimerId id) {
 
 void EventLoop::Defer(std::function<void()> callback) { deferred_.push_back(std::move(callback)); }
 
+void EventLoop::Post(std::function<void()> callback) {
+  {
+    std::lock_guard<std::mutex> lock(posted_mu_);
+    posted_.push_back(std::move(callback));
+  }
+  uint64_t one = 1;
+  ssize_t r = ::write(wake_.get(), &one, sizeof one);
+  (void)r;
+}
+
 int EventLoop::NextTimeoutMs(int requested) const {
   if (!deferred_.empty()) return 0;
   if (timer_order_.empty()) return requested;
@@ -140,6 +150,12 @@ void EventLoop::RunOnce(int timeout_ms) {
       uint64_t v;
       ssize_t r = ::read(wake_.get(), &v, sizeof v);
       (void)r;
+      std::vector<std::function<void()>> posted;
+      {
+        std::lock_guard<std::mutex> lock(posted_mu_);
+        posted.swap(posted_);
+      }
+      for (auto& cb : posted) cb();
       continue;
     }
     auto it = entries_.find(token);

@@ -7,7 +7,7 @@
 // queued with Defer(). Device code uses that to flush once per batch (one writev per
 // connection, one guest interrupt per queue) instead of once per event.
 //
-// Threading: everything except Stop() and Wake() must be called on the loop's thread.
+// Threading: everything except Stop() and Post() must be called on the loop's thread.
 // Removing an fd (even the one whose handler is running) is safe from inside a handler;
 // events already fetched for it are dropped.
 #pragma once
@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -51,6 +52,9 @@ class EventLoop {
   // Runs `callback` once after the current batch of events (or at the next iteration).
   void Defer(std::function<void()> callback);
 
+  // Thread-safe: runs `callback` on the loop thread soon (wakes the loop).
+  void Post(std::function<void()> callback);
+
   // Runs until Stop(). Returns immediately if Stop() was called before.
   void Run();
   // One epoll_wait (timeout_ms < 0: wait for an event or timer) plus its handlers,
@@ -80,6 +84,8 @@ class EventLoop {
   std::multimap<Clock::time_point, TimerId> timer_order_;
   std::unordered_map<TimerId, std::pair<Clock::time_point, std::function<void()>>> timers_;
   std::vector<std::function<void()>> deferred_;
+  std::mutex posted_mu_;
+  std::vector<std::function<void()>> posted_;  // guarded by posted_mu_
   std::vector<epoll_event> events_;
 };
 

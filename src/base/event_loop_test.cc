@@ -76,3 +76,24 @@ TEST(EventLoopTest, StopFromAnotherThread) {
 
 }  // namespace
 }  // namespace vsockd
+
+namespace vsockd {
+namespace {
+
+TEST(EventLoopTest, PostRunsOnLoopThread) {
+  auto loop = EventLoop::Create();
+  ASSERT_TRUE(loop.ok());
+  std::thread::id ran_on;
+  std::thread t([&] {
+    (*loop)->Post([&] {
+      ran_on = std::this_thread::get_id();
+      (*loop)->Stop();
+    });
+  });
+  (*loop)->Run();
+  t.join();
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+}
+
+}  // namespace
+}  // namespace vsockd

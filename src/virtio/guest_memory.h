@@ -54,6 +54,9 @@ class GuestMemory {
   uint8_t* UvaToHost(uint64_t uva, uint64_t len) const;
 
   size_t region_count() const { return regions_.size(); }
+  // The largest table accepted (VHOST_USER_MAX_RAM_SLOTS in QEMU is 32; 8 without
+  // CONFIGURE_MEM_SLOTS).
+  static constexpr size_t kMaxRegions = 32;
 
  private:
   struct Mapped {
@@ -63,7 +66,16 @@ class GuestMemory {
     size_t map_len = 0;
   };
   GuestMemory() = default;
-  std::vector<Mapped> regions_;  // sorted by guest_phys_addr
+  // Validates the table (sizes, overflows, overlaps, count) and fills regions_/by_uva_ with
+  // host pointers left null; the callers then fill in host/map_base.
+  static Status Validate(std::span<const MemoryRegion> regions);
+  // Region containing gpa (resp. uva), or nullptr. Binary search: the table is small and
+  // immutable, and these run for every descriptor.
+  const Mapped* FindGpa(uint64_t gpa) const;
+  const Mapped* FindUva(uint64_t uva) const;
+
+  std::vector<Mapped> regions_;   // sorted by guest_phys_addr
+  std::vector<uint32_t> by_uva_;  // indices into regions_, sorted by userspace_addr
 };
 
 }  // namespace vsockd::virtio

@@ -56,8 +56,8 @@ enum class PopResult {
 class SplitQueue {
  public:
   struct Config {
-    uint32_t size = 0;  // SET_VRING_NUM: power of two, 1..kMaxQueueSize
-    uint64_t desc_addr = 0;   // frontend-virtual addresses (SET_VRING_ADDR)
+    uint32_t size = 0;       // SET_VRING_NUM: power of two, 1..kMaxQueueSize
+    uint64_t desc_addr = 0;  // frontend-virtual addresses (SET_VRING_ADDR)
     uint64_t avail_addr = 0;
     uint64_t used_addr = 0;
     bool event_idx = false;  // VIRTIO_RING_F_EVENT_IDX negotiated
@@ -66,11 +66,13 @@ class SplitQueue {
 
   // Validates the config and translates the ring addresses through `memory`.
   // `last_avail_idx` comes from SET_VRING_BASE; the used index is read from the ring.
+  // The queue starts with kicks enabled (avail_event = last_avail_idx, or NO_NOTIFY clear).
   Status Configure(std::shared_ptr<const GuestMemory> memory, const Config& config,
                    uint16_t last_avail_idx);
   // Re-translates the rings after a new SET_MEM_TABLE (same addresses, new mapping).
   Status Remap(std::shared_ptr<const GuestMemory> memory);
-  // Forgets everything (not configured, not broken).
+  // Forgets everything (not configured, not broken, no call fd). Configure() keeps the call
+  // fd, since SET_VRING_CALL may arrive before the ring addresses.
   void Reset();
 
   bool configured() const { return configured_; }
@@ -91,6 +93,8 @@ class SplitQueue {
 
   // Driver -> device notifications. DisableKicks() while processing; EnableKicks() after,
   // which returns true if more chains arrived meanwhile (process them, then enable again).
+  // With EVENT_IDX, EnableKicks() is what moves avail_event: a device that drains the queue
+  // without calling it gets no further kicks until avail.idx wraps around to it.
   void DisableKicks();
   bool EnableKicks();
 
@@ -99,11 +103,23 @@ class SplitQueue {
   // Signals the call fd if anything was pushed since the last Notify() and the driver's
   // suppression settings (used_event, or VRING_AVAIL_F_NO_INTERRUPT) ask for it.
   void Notify();
-  // Counters for tests and metrics.
+  // Counters for tests and metrics. notifications_sent counts the interrupts the driver asked
+  // for (the call fd is written for each when one is set).
   uint64_t notifications_sent() const { return notifications_sent_; }
+
+  // Upper bound on the bytes of one chain; a chain claiming more is kBadChain. It keeps byte
+  // counts far from overflow and a hostile chain from pinning unbounded work on us.
+  static constexpr uint64_t kMaxChainBytes = 1ull << 30;
 
  private:
   PopResult WalkChain(uint16_t head, DescChain* chain);
+  // Translates the three ring areas of config_ through `memory` into desc_/avail_/used_.
+  Status TranslateRings(const GuestMemory& memory);
+  // Loads avail.idx (then an acquire fence) into shadow_avail_idx_; false (and the queue is
+  // marked broken) if it moved by more than the queue size.
+  bool RefreshAvailIdx();
+  // Writes avail_event = last_avail_idx_ (EVENT_IDX) or clears VRING_USED_F_NO_NOTIFY.
+  void WriteKicksEnabled();
 
   std::shared_ptr<const GuestMemory> memory_;
   Config config_;
@@ -113,6 +129,7 @@ class SplitQueue {
   uint8_t* avail_ = nullptr;    // flags, idx, ring[size], used_event
   uint8_t* used_ = nullptr;     // flags, idx, ring[size], avail_event
   uint16_t last_avail_idx_ = 0;
+  uint16_t shadow_avail_idx_ = 0;  // avail.idx as last read; avoids a re-read per Pop()
   uint16_t used_idx_ = 0;          // our shadow of used.idx
   uint16_t signalled_used_ = 0;    // used.idx at the last Notify()
   bool pushed_since_notify_ = false;

@@ -46,8 +46,7 @@ inline constexpr size_t UsedRingBytes(uint32_t num) { return 6 + 8ull * num; }
 // vring_need_event from the spec: should an event be sent when moving from old_idx to
 // new_idx, given the other side asked to hear about event_idx?
 inline bool VringNeedEvent(uint16_t event_idx, uint16_t new_idx, uint16_t old_idx) {
-  return static_cast<uint16_t>(new_idx - event_idx - 1) <
-         static_cast<uint16_t>(new_idx - old_idx);
+  return static_cast<uint16_t>(new_idx - event_idx - 1) < static_cast<uint16_t>(new_idx - old_idx);
 }
 
 }  // namespace vsockd::virtio

@@ -51,11 +51,11 @@ struct DeviceOptions {
 };
 
 struct DeviceStats {
-  uint64_t tx_packets = 0;      // guest -> device packets
-  uint64_t rx_packets = 0;      // device -> guest packets
-  uint64_t tx_bytes = 0;        // payload bytes guest -> host
-  uint64_t rx_bytes = 0;        // payload bytes host -> guest
-  uint64_t dropped_packets = 0; // invalid guest packets dropped
+  uint64_t tx_packets = 0;       // guest -> device packets
+  uint64_t rx_packets = 0;       // device -> guest packets
+  uint64_t tx_bytes = 0;         // payload bytes guest -> host
+  uint64_t rx_bytes = 0;         // payload bytes host -> guest
+  uint64_t dropped_packets = 0;  // invalid guest packets dropped
   uint64_t rst_sent = 0;
   uint64_t connections_opened = 0;
   uint64_t connections_active = 0;

@@ -71,8 +71,6 @@ std::string DescribeHeader(const PacketHeader& hdr);
 const char* OpName(uint16_t op);
 
 // A CID a VM may be given: not 0, 1, 2, VMADDR_CID_ANY, nor above 32 bits.
-inline bool IsValidGuestCid(uint64_t cid) {
-  return cid > VMADDR_CID_HOST && cid < VMADDR_CID_ANY;
-}
+inline bool IsValidGuestCid(uint64_t cid) { return cid > VMADDR_CID_HOST && cid < VMADDR_CID_ANY; }
 
 }  // namespace vsockd::vsock

@@ -1,0 +1,287 @@
+#include "bench/bench_common.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "base/unix_socket.h"
+
+extern char** environ;
+
+namespace vsockd::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string SelfExe() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return "";
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+Result<Child> SpawnRole(const std::string& role, const std::string& path, uint32_t port,
+                        uint64_t total, size_t write_size) {
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) < 0) return ErrnoError("pipe");
+  Fd rd(pipefd[0]), wr(pipefd[1]);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, wr.get(), STDOUT_FILENO);
+  std::string exe = SelfExe();
+  std::vector<std::string> args = {exe,    "--role",  role,
+                                   "--path", path,    "--port",
+                                   std::to_string(port), "--bytes", std::to_string(total),
+                                   "--write-size", std::to_string(write_size)};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid;
+  int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return MakeError(rc, "posix_spawn {}", exe);
+  return Child{pid, std::move(rd)};
+}
+
+Result<std::string> ReadAllAndWait(Child& child) {
+  std::string out;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(child.out.get(), buf, sizeof buf)) > 0) out.append(buf, n);
+  int status = 0;
+  ::waitpid(child.pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return MakeError(EIO, "benchmark role failed (status {}): {}", status, out);
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<Child> SpawnRoleChild(const std::string& role, const std::string& path, uint32_t port,
+                             uint64_t total, size_t write_size) {
+  return SpawnRole(role, path, port, total, write_size);
+}
+
+Result<std::string> FinishRole(Child& child) { return ReadAllAndWait(child); }
+
+void StopRole(Child& child) {
+  if (child.pid <= 0) return;
+  ::kill(child.pid, SIGTERM);
+  int status;
+  ::waitpid(child.pid, &status, 0);
+  child.pid = -1;
+}
+
+Result<ThroughputResult> SinkUntilEof(int fd) {
+  std::vector<uint8_t> buf(256 * 1024);
+  ThroughputResult r;
+  Clock::time_point first{};
+  while (true) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("sink read");
+    if (n == 0) break;
+    if (r.bytes == 0) first = Clock::now();
+    r.bytes += static_cast<uint64_t>(n);
+  }
+  r.seconds = r.bytes > 0 ? Seconds(Clock::now() - first) : 0;
+  return r;
+}
+
+Status SourceBytes(int fd, uint64_t total, size_t write_size) {
+  std::vector<uint8_t> buf(write_size, 0x5a);
+  uint64_t sent = 0;
+  while (sent < total) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(write_size, total - sent));
+    ssize_t n = ::send(fd, buf.data(), want, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("source write");
+    sent += static_cast<uint64_t>(n);
+  }
+  ::shutdown(fd, SHUT_WR);
+  return OkStatus();
+}
+
+Status EchoUntilEof(int fd) {
+  std::vector<uint8_t> buf(64 * 1024);
+  while (true) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("echo read");
+    if (n == 0) return OkStatus();
+    VSOCKD_RETURN_IF_ERROR(WriteAll(fd, buf.data(), static_cast<size_t>(n)));
+  }
+}
+
+LatencyResult Percentiles(std::vector<double> s) {
+  LatencyResult r;
+  if (s.empty()) return r;
+  std::sort(s.begin(), s.end());
+  r.p50_us = s[s.size() / 2];
+  r.p99_us = s[std::min(s.size() - 1, s.size() * 99 / 100)];
+  r.max_us = s.back();
+  return r;
+}
+
+Result<LatencyResult> PingPong(int fd, size_t size, int count) {
+  std::vector<uint8_t> msg(size, 0x42), in(size);
+  std::vector<double> samples;
+  samples.reserve(count);
+  for (int i = 0; i < count; ++i) {
+    auto t0 = Clock::now();
+    VSOCKD_RETURN_IF_ERROR(WriteAll(fd, msg.data(), size));
+    VSOCKD_RETURN_IF_ERROR(ReadExact(fd, in.data(), size));
+    samples.push_back(Seconds(Clock::now() - t0) * 1e6);
+  }
+  return Percentiles(std::move(samples));
+}
+
+Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size) {
+  char dir[] = "/tmp/vsockd-bench-XXXXXX";
+  if (::mkdtemp(dir) == nullptr) return ErrnoError("mkdtemp");
+  std::string path = std::string(dir) + "/raw.sock";
+  auto listener = ListenUnix(path, 16, /*nonblocking=*/false);
+  if (!listener.ok()) return listener.take_error();
+  auto child = SpawnRole("raw-sink", path, 0, total, write_size);
+  if (!child.ok()) return child.take_error();
+  Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!conn) return ErrnoError("accept");
+  // The child connected to us and sinks; we are the source, like the guest app.
+  VSOCKD_RETURN_IF_ERROR(SourceBytes(conn.get(), total, write_size));
+  conn.Reset();
+  auto out = ReadAllAndWait(*child);
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+  if (!out.ok()) return out.take_error();
+  ThroughputResult r;
+  if (std::sscanf(out->c_str(), "%lu %lf", &r.bytes, &r.seconds) != 2) {
+    return MakeError(EIO, "bad sink output '{}'", *out);
+  }
+  return r;
+}
+
+Result<LatencyResult> RawUnixRoundTrip(size_t size, int count) {
+  char dir[] = "/tmp/vsockd-bench-XXXXXX";
+  if (::mkdtemp(dir) == nullptr) return ErrnoError("mkdtemp");
+  std::string path = std::string(dir) + "/raw.sock";
+  auto listener = ListenUnix(path, 16, false);
+  if (!listener.ok()) return listener.take_error();
+  auto child = SpawnRole("raw-echo", path, 0, 0, 0);
+  if (!child.ok()) return child.take_error();
+  Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+  if (!conn) return ErrnoError("accept");
+  auto r = PingPong(conn.get(), size, count);
+  conn.Reset();
+  auto out = ReadAllAndWait(*child);
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+  if (!out.ok()) return out.take_error();
+  return r;
+}
+
+Result<double> RawUnixConnectRate(double seconds) {
+  char dir[] = "/tmp/vsockd-bench-XXXXXX";
+  if (::mkdtemp(dir) == nullptr) return ErrnoError("mkdtemp");
+  std::string path = std::string(dir) + "/raw.sock";
+  auto child = SpawnRole("acceptor", path, 0, 0, 0);
+  if (!child.ok()) return child.take_error();
+  // Wait for the child's listener.
+  for (int i = 0; i < 1000 && ::access(path.c_str(), F_OK) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  uint64_t count = 0;
+  auto start = Clock::now();
+  auto deadline = start + std::chrono::duration<double>(seconds);
+  while (Clock::now() < deadline) {
+    auto fd = ConnectUnix(path);
+    if (!fd.ok()) return fd.take_error();
+    char c;
+    VSOCKD_RETURN_IF_ERROR(ReadExact(fd->get(), &c, 1));
+    ++count;
+  }
+  double rate = count / Seconds(Clock::now() - start);
+  StopRole(*child);
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+  return rate;
+}
+
+int RunRole(const std::string& role, const std::string& path, uint32_t port, uint64_t total,
+            size_t write_size) {
+  std::string target = port != 0 ? path + "_" + std::to_string(port) : path;
+  auto fail = [&](const Error& e) {
+    std::fprintf(stderr, "role %s: %s\n", role.c_str(), e.ToString().c_str());
+    return 1;
+  };
+  if (role == "raw-sink" || role == "raw-echo") {
+    auto fd = ConnectUnix(target);
+    if (!fd.ok()) return fail(fd.error());
+    if (role == "raw-echo") {
+      auto s = EchoUntilEof(fd->get());
+      return s.ok() ? 0 : fail(s.error());
+    }
+    auto r = SinkUntilEof(fd->get());
+    if (!r.ok()) return fail(r.error());
+    std::printf("%lu %.9f\n", r->bytes, r->seconds);
+    return 0;
+  }
+  if (role == "host-sink" || role == "host-echo" || role == "acceptor") {
+    // Serves `target` (vsockd's <uds-path>_<port>, or a raw path): sink/echo one connection,
+    // or accept connections answering one byte each until a client sends 'q'.
+    auto listener = ListenUnix(target, 1024, false);
+    if (!listener.ok()) return fail(listener.error());
+    if (role == "acceptor") {
+      // Accept, answer one byte, close; until the parent stops us with SIGTERM.
+      while (true) {
+        Fd c(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+        if (!c) return fail(ErrnoError("accept"));
+        (void)::send(c.get(), "a", 1, MSG_NOSIGNAL);
+      }
+    }
+    Fd c(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) return fail(ErrnoError("accept"));
+    if (role == "host-echo") {
+      auto s = EchoUntilEof(c.get());
+      return s.ok() ? 0 : fail(s.error());
+    }
+    auto r = SinkUntilEof(c.get());
+    if (!r.ok()) return fail(r.error());
+    std::printf("%lu %.9f\n", r->bytes, r->seconds);
+    return 0;
+  }
+  if (role == "host-source") {
+    // Connects to a guest port through vsockd's hybrid socket and sends `total` bytes.
+    auto fd = ConnectUnix(path);
+    if (!fd.ok()) return fail(fd.error());
+    std::string cmd = "CONNECT " + std::to_string(port) + "\n";
+    if (auto s = WriteAll(fd->get(), cmd.data(), cmd.size()); !s.ok()) return fail(s.error());
+    std::string line;
+    char ch;
+    while (ReadExact(fd->get(), &ch, 1).ok() && ch != '\n') line.push_back(ch);
+    if (line.rfind("OK", 0) != 0) return fail(MakeError(ECONNREFUSED, "reply '{}'", line));
+    auto s = SourceBytes(fd->get(), total, write_size);
+    if (!s.ok()) return fail(s.error());
+    // Wait for the guest to close so the sink's timing includes everything.
+    char c;
+    while (::read(fd->get(), &c, 1) > 0) {
+    }
+    std::printf("done\n");
+    return 0;
+  }
+  std::fprintf(stderr, "unknown role '%s'\n", role.c_str());
+  return 2;
+}
+
+}  // namespace vsockd::bench

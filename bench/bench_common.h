@@ -1,0 +1,64 @@
+// Shared pieces of the benchmark: the figures it measures, the host-side roles it runs in
+// child processes, and the raw AF_UNIX baselines measured the same way.
+//
+// Every throughput figure is measured by the receiving side, from its first byte to EOF, so
+// the raw AF_UNIX baseline and the vsockd paths are timed identically. Callers: vsockd_bench.
+// Threading: each role runs single-threaded in its own process.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/fd.h"
+#include "base/result.h"
+
+namespace vsockd::bench {
+
+struct ThroughputResult {
+  uint64_t bytes = 0;
+  double seconds = 0;
+  double gbps() const { return seconds > 0 ? bytes * 8.0 / seconds / 1e9 : 0; }
+};
+
+struct LatencyResult {
+  double p50_us = 0;
+  double p99_us = 0;
+  double max_us = 0;
+};
+
+// Reads until EOF with a 256 KiB buffer; times first byte -> EOF.
+Result<ThroughputResult> SinkUntilEof(int fd);
+// Writes `total` bytes in `write_size` chunks, then shut down the write side.
+Status SourceBytes(int fd, uint64_t total, size_t write_size);
+// Echoes everything back until EOF (blocking).
+Status EchoUntilEof(int fd);
+// Sends `count` messages of `size` bytes, waiting for each echo; returns percentiles.
+Result<LatencyResult> PingPong(int fd, size_t size, int count);
+LatencyResult Percentiles(std::vector<double> samples_us);
+
+// Raw AF_UNIX baselines between this process and a child process.
+Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size);
+Result<LatencyResult> RawUnixRoundTrip(size_t size, int count);
+Result<double> RawUnixConnectRate(double seconds);
+
+// A child running one of our roles (`vsockd_bench --role ...`), stdout on a pipe.
+struct Child {
+  pid_t pid = -1;
+  Fd out;
+};
+Result<Child> SpawnRoleChild(const std::string& role, const std::string& path, uint32_t port,
+                             uint64_t total, size_t write_size);
+// Waits for the child; returns its stdout, or an error if it failed.
+Result<std::string> FinishRole(Child& child);
+// SIGTERM + wait (for roles that serve until stopped).
+void StopRole(Child& child);
+
+// Child-process roles (run via `vsockd_bench --role ...`), each reporting one line of
+// results on stdout: "bytes seconds" for sinks.
+int RunRole(const std::string& role, const std::string& path, uint32_t port, uint64_t total,
+            size_t write_size);
+
+}  // namespace vsockd::bench

@@ -1,0 +1,385 @@
+// vsockd_bench: measures vsockd + vguest against raw AF_UNIX in one run, on this machine.
+//
+// Figures (each the median of --rounds runs, raw and vsockd interleaved so machine noise
+// hits both alike):
+//   - stream throughput guest -> host and host -> guest at 4 KiB and 64 KiB writes, timed
+//     by the receiver from its first byte to EOF;
+//   - 64-byte round trip p50/p99 (guest -> host echo -> guest);
+//   - connections per second (connect, 1-byte answer, close).
+// Raw AF_UNIX baselines run the same roles between two processes. Prints a table and writes
+// JSON with each figure and its ratio to the raw figure.
+//
+// Processes: this one runs the virtual guest (vguest on its own loop thread); vsockd is a
+// child process; the host side of each figure is a child running `vsockd_bench --role ...`.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <map>
+#include <thread>
+
+#include "bench/bench_common.h"
+#include "tests/integration/harness.h"
+#include "vguest/guest.h"
+
+namespace vsockd::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+using testing::Daemon;
+using testing::LoopThread;
+using testing::TempDir;
+using testing::WaitFor;
+
+struct Options {
+  uint64_t bytes = 512ull << 20;
+  int rounds = 3;
+  int rtt_count = 20000;
+  double conn_seconds = 2.0;
+  std::string json_path = "bench-results.json";
+  std::string vsockd_args;
+};
+
+bool WaitForPath(const std::string& path) {
+  return WaitFor([&] {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0;
+  });
+}
+
+// Everything that runs against one daemon + one attached guest.
+class VsockRig {
+ public:
+  Status Start(const std::vector<std::string>& extra_args) {
+    daemon_ = std::make_unique<Daemon>(dir_, 3, extra_args);
+    VSOCKD_RETURN_IF_ERROR(daemon_->Start());
+    vguest::GuestOptions options;
+    options.socket_path = daemon_->socket_path();
+    auto guest = loop_.Call([&] { return vguest::Guest::Attach(loop_.loop(), options); });
+    if (!guest.ok()) return guest.take_error();
+    guest_ = std::move(*guest);
+    return OkStatus();
+  }
+  ~VsockRig() {
+    loop_.Call([&] {
+      guest_.reset();
+      return 0;
+    });
+  }
+
+  uint32_t NextPort() { return next_port_++; }
+
+  // The guest writes `total` bytes in `write_size` writes to a host sink.
+  Result<ThroughputResult> GuestToHost(uint64_t total, size_t write_size) {
+    uint32_t port = NextPort();
+    auto child = SpawnRoleChild("host-sink", daemon_->uds_path(), port, 0, 0);
+    if (!child.ok()) return child.take_error();
+    if (!WaitForPath(daemon_->uds_path() + "_" + std::to_string(port))) {
+      StopRole(*child);
+      return MakeError(ETIMEDOUT, "host sink did not start");
+    }
+    std::promise<Status> sent;
+    std::vector<uint8_t> buf(write_size, 0x5a);
+    uint64_t offset = 0;
+    vguest::Stream* stream = nullptr;
+    std::function<void()> pump = [&] {
+      while (offset < total) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(write_size, total - offset));
+        size_t n = stream->Write(buf.data(), want);
+        offset += n;
+        if (n < want) return;
+      }
+      stream->Shutdown(false, true);
+      sent.set_value(OkStatus());
+    };
+    loop_.Call([&] {
+      guest_->Connect(port, [&](vguest::Stream* s, Status st) {
+        if (!st.ok()) {
+          sent.set_value(st);
+          return;
+        }
+        stream = s;
+        s->on_writable = pump;
+        pump();
+      });
+      return 0;
+    });
+    Status st = sent.get_future().get();
+    auto out = FinishRole(*child);
+    loop_.Call([&] {
+      if (stream != nullptr) stream->Close();
+      return 0;
+    });
+    if (!st.ok()) return st.take_error();
+    if (!out.ok()) return out.take_error();
+    ThroughputResult r;
+    if (std::sscanf(out->c_str(), "%lu %lf", &r.bytes, &r.seconds) != 2 || r.bytes != total) {
+      return MakeError(EIO, "host sink reported '{}' (expected {} bytes)", *out, total);
+    }
+    return r;
+  }
+
+  // A host program connects through the hybrid socket and writes `total` bytes; the guest
+  // sinks them.
+  Result<ThroughputResult> HostToGuest(uint64_t total, size_t write_size) {
+    uint32_t port = NextPort();
+    std::promise<ThroughputResult> done;
+    ThroughputResult r;
+    Clock::time_point first{};
+    vguest::Stream* stream = nullptr;
+    VSOCKD_RETURN_IF_ERROR(loop_.Call([&] {
+      return guest_->Listen(port, [&](vguest::Stream* s) {
+        stream = s;
+        s->on_data = [&](std::span<const uint8_t> d) {
+          if (r.bytes == 0) first = Clock::now();
+          r.bytes += d.size();
+        };
+        s->on_eof = [&] {
+          r.seconds = std::chrono::duration<double>(Clock::now() - first).count();
+          done.set_value(r);
+          stream->Close();  // last: it destroys this callback
+        };
+      });
+    }));
+    auto child = SpawnRoleChild("host-source", daemon_->uds_path(), port, total, write_size);
+    if (!child.ok()) return child.take_error();
+    auto f = done.get_future();
+    if (f.wait_for(300s) != std::future_status::ready) {
+      StopRole(*child);
+      return MakeError(ETIMEDOUT, "host -> guest transfer did not finish");
+    }
+    ThroughputResult got = f.get();
+    auto out = FinishRole(*child);
+    loop_.Call([&] {
+      guest_->Unlisten(port);
+      return 0;
+    });
+    if (!out.ok()) return out.take_error();
+    if (got.bytes != total) return MakeError(EIO, "guest got {} of {} bytes", got.bytes, total);
+    return got;
+  }
+
+  // 64-byte ping-pong from the guest to a host echo service.
+  Result<LatencyResult> RoundTrip(size_t size, int count) {
+    uint32_t port = NextPort();
+    auto child = SpawnRoleChild("host-echo", daemon_->uds_path(), port, 0, 0);
+    if (!child.ok()) return child.take_error();
+    if (!WaitForPath(daemon_->uds_path() + "_" + std::to_string(port))) {
+      StopRole(*child);
+      return MakeError(ETIMEDOUT, "host echo did not start");
+    }
+    std::promise<Status> finished;
+    std::vector<double> samples;
+    samples.reserve(count);
+    std::vector<uint8_t> msg(size, 0x42);
+    size_t got = 0;
+    Clock::time_point t0;
+    vguest::Stream* stream = nullptr;
+    auto send_one = [&] {
+      got = 0;
+      t0 = Clock::now();
+      stream->Write(msg.data(), msg.size());
+    };
+    loop_.Call([&] {
+      guest_->Connect(port, [&](vguest::Stream* s, Status st) {
+        if (!st.ok()) {
+          finished.set_value(st);
+          return;
+        }
+        stream = s;
+        s->on_data = [&](std::span<const uint8_t> d) {
+          got += d.size();
+          if (got < size) return;
+          samples.push_back(std::chrono::duration<double>(Clock::now() - t0).count() * 1e6);
+          if (static_cast<int>(samples.size()) == count) {
+            finished.set_value(OkStatus());
+            stream->Close();  // last: it destroys this callback
+            return;
+          }
+          send_one();
+        };
+        send_one();
+      });
+      return 0;
+    });
+    Status st = finished.get_future().get();
+    StopRole(*child);
+    if (!st.ok()) return st.take_error();
+    return Percentiles(std::move(samples));
+  }
+
+  // Connections per second: connect, read the acceptor's byte, close; repeat.
+  Result<double> ConnectRate(double seconds) {
+    uint32_t port = NextPort();
+    auto child = SpawnRoleChild("acceptor", daemon_->uds_path(), port, 0, 0);
+    if (!child.ok()) return child.take_error();
+    if (!WaitForPath(daemon_->uds_path() + "_" + std::to_string(port))) {
+      StopRole(*child);
+      return MakeError(ETIMEDOUT, "acceptor did not start");
+    }
+    std::promise<Status> finished;
+    uint64_t count = 0;
+    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+    Clock::time_point start = Clock::now();
+    std::function<void()> next = [&] {
+      if (Clock::now() >= deadline) {
+        finished.set_value(OkStatus());
+        return;
+      }
+      guest_->Connect(port, [&](vguest::Stream* s, Status st) {
+        if (!st.ok()) {
+          finished.set_value(st);
+          return;
+        }
+        s->on_data = [&, s](std::span<const uint8_t>) {
+          ++count;
+          loop_.loop()->Defer(next);
+          s->Close();  // last: it destroys this callback
+        };
+      });
+    };
+    loop_.Call([&] {
+      start = Clock::now();
+      next();
+      return 0;
+    });
+    Status st = finished.get_future().get();
+    double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    StopRole(*child);
+    if (!st.ok()) return st.take_error();
+    return count / elapsed;
+  }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<Daemon> daemon_;
+  LoopThread loop_;
+  std::unique_ptr<vguest::Guest> guest_;
+  uint32_t next_port_ = 20000;
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Figure {
+  std::string name;  // e.g. "throughput_g2h_4k"
+  std::string unit;  // "Gbit/s", "us", "conn/s"
+  bool lower_is_better = false;
+  std::vector<double> vsock, raw;
+};
+
+template <typename T>
+T Must(Result<T> r, const char* what) {
+  if (!r.ok()) {
+    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, r.error().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(*r);
+}
+
+int RunBench(const Options& o) {
+  std::vector<std::string> extra = {"--log-level", "warn"};
+  if (!o.vsockd_args.empty()) {
+    size_t pos = 0;
+    std::string s = o.vsockd_args;
+    while ((pos = s.find(' ')) != std::string::npos) {
+      if (pos > 0) extra.push_back(s.substr(0, pos));
+      s.erase(0, pos + 1);
+    }
+    if (!s.empty()) extra.push_back(s);
+  }
+  VsockRig rig;
+  if (auto st = rig.Start(extra); !st.ok()) {
+    std::fprintf(stderr, "cannot start vsockd + vguest: %s\n", st.error().ToString().c_str());
+    return 1;
+  }
+  std::vector<Figure> figs = {
+      {"throughput guest->host 4 KiB writes", "Gbit/s", false, {}, {}},
+      {"throughput guest->host 64 KiB writes", "Gbit/s", false, {}, {}},
+      {"throughput host->guest 4 KiB writes", "Gbit/s", false, {}, {}},
+      {"throughput host->guest 64 KiB writes", "Gbit/s", false, {}, {}},
+      {"round trip 64 B p50", "us", true, {}, {}},
+      {"round trip 64 B p99", "us", true, {}, {}},
+      {"connections per second", "conn/s", false, {}, {}},
+  };
+  for (int round = 0; round < o.rounds; ++round) {
+    std::fprintf(stderr, "round %d/%d\n", round + 1, o.rounds);
+    for (int i = 0; i < 2; ++i) {
+      size_t ws = i == 0 ? 4096 : 65536;
+      double raw = Must(RawUnixThroughput(o.bytes, ws), "raw throughput").gbps();
+      figs[i].raw.push_back(raw);
+      figs[2 + i].raw.push_back(raw);  // AF_UNIX is symmetric: one baseline per size
+      figs[i].vsock.push_back(Must(rig.GuestToHost(o.bytes, ws), "guest->host").gbps());
+      figs[2 + i].vsock.push_back(Must(rig.HostToGuest(o.bytes, ws), "host->guest").gbps());
+    }
+    auto raw_rtt = Must(RawUnixRoundTrip(64, o.rtt_count), "raw round trip");
+    auto rtt = Must(rig.RoundTrip(64, o.rtt_count), "round trip");
+    figs[4].raw.push_back(raw_rtt.p50_us);
+    figs[4].vsock.push_back(rtt.p50_us);
+    figs[5].raw.push_back(raw_rtt.p99_us);
+    figs[5].vsock.push_back(rtt.p99_us);
+    figs[6].raw.push_back(Must(RawUnixConnectRate(o.conn_seconds), "raw connect rate"));
+    figs[6].vsock.push_back(Must(rig.ConnectRate(o.conn_seconds), "connect rate"));
+  }
+
+  std::printf("\nvsockd + vguest vs raw AF_UNIX (median of %d rounds, %lu MiB per transfer)\n\n",
+              o.rounds, static_cast<unsigned long>(o.bytes >> 20));
+  std::printf("| %-40s | %12s | %12s | %7s |\n", "figure", "vsockd", "raw AF_UNIX", "ratio");
+  std::printf("|%s|%s|%s|%s|\n", std::string(42, '-').c_str(), std::string(14, '-').c_str(),
+              std::string(14, '-').c_str(), std::string(9, '-').c_str());
+  std::string json = "{\n  \"unit_note\": \"ratio = vsockd / raw AF_UNIX\",\n  \"figures\": [\n";
+  for (size_t i = 0; i < figs.size(); ++i) {
+    const Figure& f = figs[i];
+    double v = Median(f.vsock), r = Median(f.raw);
+    double ratio = r > 0 ? v / r : 0;
+    std::printf("| %-40s | %8.2f %-3s | %8.2f %-3s | %6.2fx |\n", f.name.c_str(), v,
+                f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), r,
+                f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), ratio);
+    json += fmt::format(
+        "    {{\"name\": \"{}\", \"unit\": \"{}\", \"vsockd\": {:.4f}, \"raw_af_unix\": {:.4f}, "
+        "\"ratio\": {:.4f}, \"lower_is_better\": {}, \"vsockd_runs\": [{}], \"raw_runs\": "
+        "[{}]}}{}\n",
+        f.name, f.unit, v, r, ratio, f.lower_is_better, fmt::join(f.vsock, ", "),
+        fmt::join(f.raw, ", "), i + 1 < figs.size() ? "," : "");
+  }
+  json += "  ]\n}\n";
+  std::ofstream(o.json_path) << json;
+  std::printf("\nJSON: %s\n", o.json_path.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace vsockd::bench
+
+int main(int argc, char** argv) {
+  CLI::App app{"vsockd benchmark: vsockd + vguest against raw AF_UNIX, measured in one run"};
+  vsockd::bench::Options o;
+  std::string role, path;
+  uint32_t port = 0;
+  uint64_t write_size = 0;
+  app.add_option("--json", o.json_path, "where to write the JSON results");
+  app.add_option("--bytes", o.bytes, "bytes per throughput transfer");
+  app.add_option("--rounds", o.rounds, "rounds; each figure is the median");
+  app.add_option("--rtt-count", o.rtt_count, "round trips per latency measurement");
+  app.add_option("--conn-seconds", o.conn_seconds, "seconds per connection-rate measurement");
+  app.add_option("--vsockd-args", o.vsockd_args, "extra vsockd flags, space separated");
+  // Internal: the host-side roles run in child processes.
+  app.add_option("--role", role)->group("");
+  app.add_option("--path", path)->group("");
+  app.add_option("--port", port)->group("");
+  app.add_option("--write-size", write_size)->group("");
+  CLI11_PARSE(app, argc, argv);
+  if (!role.empty()) {
+    return vsockd::bench::RunRole(role, path, port, o.bytes, static_cast<size_t>(write_size));
+  }
+  return vsockd::bench::RunBench(o);
+}

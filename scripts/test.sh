@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every test of the project, the way CI does:
+#   1. a RelWithDebInfo build and all its tests (unit, integration, QEMU handshake);
+#   2. an ASan+UBSan build and all its tests;
+#   3. the libFuzzer targets (clang), each for a short smoke run;
+#   4. a clang-format check of the tree.
+# Usage: scripts/test.sh [--quick]   (--quick: only step 1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+jobs=$(nproc)
+fuzz_seconds=${VSOCKD_FUZZ_SECONDS:-20}
+
+step() { echo; echo "==> $*"; }
+
+step "installing dependencies"
+scripts/install-deps.sh --test
+
+# The QEMU handshake test must run, not skip, when we run the whole suite.
+export VSOCKD_REQUIRE_QEMU=1
+
+step "build (RelWithDebInfo) in build/"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+ninja -C build -j"$jobs"
+step "tests (RelWithDebInfo)"
+ctest --test-dir build --output-on-failure -j"$jobs"
+
+if [[ $quick -eq 1 ]]; then exit 0; fi
+
+step "build (ASan+UBSan) in build-asan/"
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVSOCKD_SANITIZE=ON \
+  -DVSOCKD_BENCH=OFF >/dev/null
+ninja -C build-asan -j"$jobs"
+step "tests (ASan+UBSan)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j"$jobs"
+
+step "fuzz targets (clang, libFuzzer) in build-fuzz/, ${fuzz_seconds}s each"
+CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DVSOCKD_FUZZ=ON -DVSOCKD_TESTS=OFF -DVSOCKD_BENCH=OFF >/dev/null
+ninja -C build-fuzz -j"$jobs"
+fuzzers=$(find build-fuzz/src -maxdepth 2 -type f -name '*_fuzz' -perm -u+x | sort)
+passed=0
+for f in $fuzzers; do
+  echo "--- $(basename "$f")"
+  corpus=$(mktemp -d)
+  "$f" -max_total_time="$fuzz_seconds" -print_final_stats=0 "$corpus" 2>&1 | tail -n 2
+  rm -rf "$corpus"
+  passed=$((passed + 1))
+done
+echo "fuzz: $passed passed, 0 failed"
+
+step "clang-format check"
+files=$(git ls-files '*.h' '*.cc')
+clang-format-14 --dry-run -Werror $files
+echo "clang-format: clean"

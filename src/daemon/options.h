@@ -1,0 +1,59 @@
+// vsockd's command line: flags, defaults and validation.
+//
+// Role: turns argv into a validated Options (or into the text to print and the exit code to
+// use for --help, --version and bad flags). Kept apart from main() and from the wiring so it
+// is unit-tested (daemon_options_test) and so integration tests can build Options directly.
+// Flag names follow rust-vmm's vhost-device-vsock where they overlap (--guest-cid, --socket,
+// --uds-path, --tx-buffer-size, --queue-size), so existing scripts carry over.
+// Callers: vsockd's main(), tests. Threading: plain functions.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "base/log.h"
+#include "base/result.h"
+#include "host/unix_backend.h"
+
+namespace vsockd::daemon {
+
+struct Options {
+  std::string socket_path;  // vhost-user socket we listen on (QEMU's chardev path)
+  uint64_t guest_cid = 3;
+  std::string uds_path;  // hybrid host socket P (P_<port> for guest -> host)
+  // Per-connection receive buffer, advertised to the guest as buf_alloc: how much guest data
+  // may wait for a slow host reader. vhost-device-vsock's flag of the same name defaults to
+  // 64 KiB; we default to 256 KiB, which keeps a 64 KiB-write stream from stalling on credit.
+  uint32_t tx_buffer_size = 262144;
+  // Largest virtqueue size the frontend may set (SET_VRING_NUM above it is refused).
+  uint32_t queue_size = 1024;
+  host::OkReply ok_reply = host::OkReply::kHostPort;
+  // How long a connect may take in either direction: a host -> guest connect waiting for the
+  // guest's RESPONSE, a guest -> host connect retrying a listener whose backlog is full.
+  std::chrono::milliseconds connect_timeout{2000};
+  LogLevel log_level = LogLevel::kInfo;
+};
+
+// What main() should do after parsing.
+struct ParseOutcome {
+  bool run = false;    // true: start the daemon with `options`
+  int exit_code = 0;   // when !run: 0 for --help/--version, 2 for a usage error
+  std::string output;  // when !run: text for stdout (exit 0) or stderr (exit 2)
+  Options options;
+};
+
+// Parses argv (argv[0] is the program name). Never exits, never throws.
+ParseOutcome ParseCommandLine(int argc, const char* const* argv);
+
+// Parses a guest CID ("3", "4294967294") and checks it may be given to a guest: 0 (hypervisor),
+// 1 (loopback), 2 (host) and 0xFFFFFFFF (VMADDR_CID_ANY) are reserved, and Linux's
+// sockaddr_vm holds 32 bits.
+Result<uint64_t> ParseGuestCid(std::string_view text);
+Status ValidateGuestCid(uint64_t cid);
+
+// "vsockd 0.1.0".
+std::string VersionString();
+
+}  // namespace vsockd::daemon

@@ -1,0 +1,38 @@
+// DeviceGuestConnector: the production GuestConnector, forwarding UnixBackend's host ->
+// guest connects to a vsock::Device.
+//
+// Role: the only place the host backend touches vsock::Device, kept header-only so that
+// host_test (which uses a fake connector) does not need the device's implementation.
+// Callers: the daemon's wiring. The device may be attached after construction because the
+// device and the backend point at each other (the device needs the HostBackend at its
+// construction); until then, connects fail with ENODEV.
+// Threading: the device's event loop thread.
+#pragma once
+
+#include <cerrno>
+
+#include "host/unix_backend.h"
+#include "vsock/device.h"
+
+namespace vsockd::host {
+
+class DeviceGuestConnector : public GuestConnector {
+ public:
+  explicit DeviceGuestConnector(vsock::Device* device = nullptr) : device_(device) {}
+
+  void set_device(vsock::Device* device) { device_ = device; }
+
+  Result<uint64_t> ConnectToGuest(uint32_t guest_port, Done done) override {
+    if (device_ == nullptr) return MakeError(ENODEV, "no vsock device");
+    return device_->ConnectToGuest(guest_port, std::move(done));
+  }
+
+  void CancelConnectToGuest(uint64_t id) override {
+    if (device_ != nullptr) device_->CancelConnectToGuest(id);
+  }
+
+ private:
+  vsock::Device* device_;
+};
+
+}  // namespace vsockd::host

@@ -1,0 +1,377 @@
+#include "host/unix_backend.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "base/log.h"
+#include "base/unix_socket.h"
+#include "host/connect_command.h"
+
+namespace vsockd::host {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr milliseconds kFirstBackoff{1};
+constexpr milliseconds kMaxBackoff{50};
+// After accept() fails for lack of fds or memory, stop watching the listener this long
+// (level-triggered epoll would otherwise spin on the pending connection).
+constexpr milliseconds kAcceptPause{100};
+// Accepts per readiness event, so a connect storm cannot starve the data path.
+constexpr int kMaxAcceptsPerEvent = 64;
+// Bytes per read while waiting for the command line: bounds the prefix we may read past it.
+constexpr size_t kCommandReadChunk = 256;
+// Bytes of unread client data we swallow before closing after an ERR line, so the client
+// reads a clean EOF after it rather than ECONNRESET.
+constexpr size_t kMaxDrainBytes = 64 * 1024;
+
+// One guest -> host connect: a non-blocking connect to "P_<port>", retried while the
+// listener's backlog is full. The result is always delivered from a loop timer, never from
+// inside ConnectToHost; destroying the op cancels the timer, so `done` is then never called.
+class HostConnectOp : public vsock::PendingConnect {
+ public:
+  HostConnectOp(EventLoop* loop, std::string path, uint32_t port,
+                EventLoop::Clock::time_point deadline, vsock::HostBackend::ConnectDone done)
+      : loop_(loop),
+        path_(std::move(path)),
+        port_(port),
+        deadline_(deadline),
+        done_(std::move(done)) {}
+
+  ~HostConnectOp() override {
+    if (timer_ != 0) loop_->CancelTimer(timer_);
+  }
+
+  void Schedule(milliseconds delay) {
+    timer_ = loop_->AddTimer(delay, [this] {
+      timer_ = 0;
+      Attempt();
+    });
+  }
+
+ private:
+  void Attempt() {
+    auto fd = ConnectUnix(path_, /*nonblocking=*/true);
+    if (fd.ok()) {
+      Finish(vsock::HostStream{std::move(*fd), {}});
+      return;
+    }
+    int code = fd.error().code;
+    if (code == EAGAIN || code == EWOULDBLOCK) {
+      auto now = EventLoop::Clock::now();
+      if (now < deadline_) {
+        auto left = std::chrono::ceil<milliseconds>(deadline_ - now);
+        Schedule(std::min(backoff_, left));
+        backoff_ = std::min(backoff_ * 2, kMaxBackoff);
+        return;
+      }
+      Finish(
+          MakeError(ETIMEDOUT, "host port {}: listener '{}' kept its backlog full", port_, path_));
+      return;
+    }
+    Finish(Error{code, fmt::format("host port {}: {}", port_, fd.error().context)});
+  }
+
+  void Finish(Result<vsock::HostStream> result) {
+    auto done = std::move(done_);
+    done_ = nullptr;
+    done(std::move(result));  // may destroy this op: nothing may follow
+  }
+
+  EventLoop* loop_;
+  std::string path_;
+  uint32_t port_;
+  EventLoop::Clock::time_point deadline_;
+  vsock::HostBackend::ConnectDone done_;
+  EventLoop::TimerId timer_ = 0;
+  milliseconds backoff_ = kFirstBackoff;
+};
+
+std::string GuestFailureReason(uint32_t port, const Error& error) {
+  switch (error.code) {
+    case ECONNREFUSED:
+      return fmt::format("connection refused by guest port {}", port);
+    case ETIMEDOUT:
+      return fmt::format("guest did not answer on port {} in time", port);
+    case ECONNRESET:
+      return fmt::format("connection to guest port {} was reset", port);
+    default: {
+      // Only the error's name: its text ("Broken pipe") could hold "ok", and a reply must fit
+      // the 64 bytes Kata's dialer reads.
+      const char* name = ::strerrorname_np(error.code);
+      if (name == nullptr)
+        return fmt::format("cannot connect to guest port {} (error {})", port, error.code);
+      return fmt::format("cannot connect to guest port {} ({})", port, name);
+    }
+  }
+}
+
+bool FileIdentity(const std::string& path, dev_t* dev, ino_t* ino) {
+  if (path.empty() || path[0] == '@') return false;  // abstract: no file
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return false;
+  *dev = st.st_dev;
+  *ino = st.st_ino;
+  return true;
+}
+
+}  // namespace
+
+struct UnixBackend::Client {
+  enum class Phase { kReadingCommand, kWaitingGuest };
+
+  Fd fd;
+  Phase phase = Phase::kReadingCommand;
+  ConnectCommandReader reader;
+  EventLoop::TimerId timer = 0;
+  std::optional<uint64_t> connect_id;  // set while the device holds a pending connect
+  uint32_t guest_port = 0;
+
+  Client(Fd f, size_t max_line) : fd(std::move(f)), reader(max_line) {}
+};
+
+UnixBackend::UnixBackend(EventLoop* loop, GuestConnector* connector, UnixBackendOptions options)
+    : loop_(loop), connector_(connector), options_(std::move(options)) {}
+
+UnixBackend::~UnixBackend() { Shutdown(); }
+
+std::string UnixBackend::HostPortPath(uint32_t port) const {
+  return fmt::format("{}_{}", options_.uds_path, port);
+}
+
+Status UnixBackend::Start() {
+  if (listen_fd_)
+    return MakeError(EALREADY, "hybrid socket '{}' already listening", options_.uds_path);
+  auto fd = ListenUnix(options_.uds_path, options_.listen_backlog, /*nonblocking=*/true);
+  if (!fd.ok()) return fd.take_error();
+  FileIdentity(options_.uds_path, &listen_dev_, &listen_ino_);
+  int raw = fd->get();
+  if (Status added = loop_->Add(raw, EPOLLIN, [this](uint32_t) { OnListenReadable(); });
+      !added.ok()) {
+    ::unlink(options_.uds_path.c_str());
+    return added;
+  }
+  listen_fd_ = std::move(*fd);
+  LOG_DEBUG("hybrid: listening on '{}'", options_.uds_path);
+  return OkStatus();
+}
+
+void UnixBackend::Shutdown() {
+  if (accept_resume_timer_ != 0) {
+    loop_->CancelTimer(accept_resume_timer_);
+    accept_resume_timer_ = 0;
+  }
+  if (listen_fd_) {
+    loop_->Remove(listen_fd_.get());
+    listen_fd_.Reset();
+    dev_t dev;
+    ino_t ino;
+    if (FileIdentity(options_.uds_path, &dev, &ino) && dev == listen_dev_ && ino == listen_ino_) {
+      ::unlink(options_.uds_path.c_str());
+    }
+  }
+  std::vector<uint64_t> ids;
+  ids.reserve(clients_.size());
+  for (const auto& [id, client] : clients_) ids.push_back(id);
+  for (uint64_t id : ids) DropClient(id);
+}
+
+std::unique_ptr<vsock::PendingConnect> UnixBackend::ConnectToHost(const vsock::ConnectionInfo& info,
+                                                                  ConnectDone done) {
+  auto op = std::make_unique<HostConnectOp>(loop_, HostPortPath(info.host_port), info.host_port,
+                                            EventLoop::Clock::now() + options_.host_connect_timeout,
+                                            std::move(done));
+  op->Schedule(milliseconds(0));
+  return op;
+}
+
+void UnixBackend::OnListenReadable() {
+  for (int i = 0; i < kMaxAcceptsPerEvent; ++i) {
+    int raw = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (raw < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      LOG_RATELIMITED(LogLevel::kWarn, "hybrid: accept on '{}': {}; pausing accepts",
+                      options_.uds_path, std::strerror(errno));
+      if (!accept_paused_ && loop_->Modify(listen_fd_.get(), 0).ok()) {
+        accept_paused_ = true;
+        accept_resume_timer_ = loop_->AddTimer(kAcceptPause, [this] {
+          accept_resume_timer_ = 0;
+          accept_paused_ = false;
+          if (listen_fd_) (void)loop_->Modify(listen_fd_.get(), EPOLLIN);
+        });
+      }
+      return;
+    }
+    Fd fd(raw);
+    if (clients_.size() >= options_.max_handshakes) {
+      LOG_RATELIMITED(LogLevel::kWarn, "hybrid: {} handshakes in progress; rejecting a client",
+                      clients_.size());
+      std::string line = MakeErrLine("too many connection attempts in progress");
+      (void)::send(raw, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      continue;  // `fd` closes it
+    }
+    uint64_t id = next_client_id_++;
+    auto client = std::make_unique<Client>(std::move(fd), options_.max_command_line);
+    Status added =
+        loop_->Add(raw, EPOLLIN, [this, id](uint32_t events) { OnClientEvent(id, events); });
+    if (!added.ok()) {
+      LOG_RATELIMITED(LogLevel::kWarn, "hybrid: {}", added.error().ToString());
+      continue;
+    }
+    client->timer = loop_->AddTimer(options_.command_timeout, [this, id] { OnCommandTimeout(id); });
+    clients_.emplace(id, std::move(client));
+  }
+}
+
+void UnixBackend::OnClientEvent(uint64_t id, uint32_t events) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  Client& client = *it->second;
+  if (client.phase == Client::Phase::kWaitingGuest) {
+    // Registered with no events: only EPOLLHUP/EPOLLERR get here. The host program closed
+    // its socket while the guest had not answered yet.
+    if ((events & (EPOLLHUP | EPOLLERR)) != 0) {
+      LOG_DEBUG("hybrid: client gave up waiting for guest port {}", client.guest_port);
+      DropClient(id);
+    }
+    return;
+  }
+  char buf[kCommandReadChunk];
+  for (;;) {
+    ssize_t n = ::recv(client.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      LOG_DEBUG("hybrid: client read: {}", std::strerror(errno));
+      DropClient(id);
+      return;
+    }
+    if (n == 0) {
+      FailClient(id, "end of stream before a complete 'CONNECT <port>' line");
+      return;
+    }
+    switch (client.reader.Append(std::string_view(buf, static_cast<size_t>(n)))) {
+      case ConnectCommandReader::State::kNeedMore:
+        continue;
+      case ConnectCommandReader::State::kError: {
+        LOG_RATELIMITED(LogLevel::kInfo, "hybrid: rejected a host client: {}",
+                        client.reader.error());
+        std::string reason = client.reader.error();
+        FailClient(id, reason);
+        return;
+      }
+      case ConnectCommandReader::State::kComplete:
+        OnCommandComplete(id);
+        return;
+    }
+  }
+}
+
+void UnixBackend::OnCommandComplete(uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  Client& client = *it->second;
+  client.phase = Client::Phase::kWaitingGuest;
+  client.guest_port = client.reader.port();
+  if (client.timer != 0) {
+    loop_->CancelTimer(client.timer);
+    client.timer = 0;
+  }
+  // Stop reading (later bytes are the connection's and wait in the socket), but keep
+  // hearing about a hangup: EPOLLHUP/EPOLLERR are reported even with no events requested.
+  // A mere shutdown(SHUT_WR) from the client is EPOLLRDHUP, not EPOLLHUP, so a half-closed
+  // client still gets its connection.
+  if (Status s = loop_->Modify(client.fd.get(), 0); !s.ok()) {
+    LOG_WARN("hybrid: {}", s.error().ToString());
+    DropClient(id);
+    return;
+  }
+  uint32_t port = client.guest_port;
+  LOG_DEBUG("hybrid: host client asks for guest port {}", port);
+  auto connect = connector_->ConnectToGuest(
+      port, [this, id](Result<uint32_t> result) { return OnGuestAnswer(id, std::move(result)); });
+  it = clients_.find(id);
+  if (it == clients_.end()) return;  // answered (and finished) synchronously
+  if (!connect.ok()) {
+    FailClient(id, GuestFailureReason(port, connect.error()));
+    return;
+  }
+  it->second->connect_id = *connect;
+}
+
+std::optional<vsock::HostStream> UnixBackend::OnGuestAnswer(uint64_t id, Result<uint32_t> result) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return std::nullopt;
+  Client& client = *it->second;
+  client.connect_id.reset();  // the device is done with it: nothing to cancel any more
+  if (!result.ok()) {
+    LOG_DEBUG("hybrid: guest port {}: {}", client.guest_port, result.error().ToString());
+    FailClient(id, GuestFailureReason(client.guest_port, result.error()));
+    return std::nullopt;
+  }
+  uint32_t n = options_.ok_reply == OkReply::kHostPort ? *result : client.guest_port;
+  std::string line = fmt::format("OK {}\n", n);
+  // Nothing was written to this socket before, so a short line always fits its buffer; a
+  // failure means the client is gone.
+  ssize_t written;
+  do {
+    written = ::send(client.fd.get(), line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (written < 0 && errno == EINTR);
+  if (written != static_cast<ssize_t>(line.size())) {
+    LOG_DEBUG("hybrid: host client for guest port {} went away before OK", client.guest_port);
+    DropClient(id);
+    return std::nullopt;
+  }
+  loop_->Remove(client.fd.get());
+  vsock::HostStream stream{std::move(client.fd), client.reader.TakePrefix()};
+  DropClient(id);  // fd already moved out: only forgets the bookkeeping
+  return stream;
+}
+
+void UnixBackend::OnCommandTimeout(uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  it->second->timer = 0;
+  FailClient(id, "timeout waiting for a complete 'CONNECT <port>' line");
+}
+
+void UnixBackend::FailClient(uint64_t id, std::string_view reason) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  int fd = it->second->fd.get();
+  std::string line = MakeErrLine(reason);
+  ssize_t written;
+  do {
+    written = ::send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (written < 0 && errno == EINTR);
+  // Swallow what the client already sent (payload behind its command): closing an AF_UNIX
+  // socket with unread data makes the peer's read fail with ECONNRESET after our line.
+  char buf[4096];
+  for (size_t drained = 0; drained < kMaxDrainBytes;) {
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    drained += static_cast<size_t>(n);
+  }
+  DropClient(id);
+}
+
+void UnixBackend::DropClient(uint64_t id) {
+  auto it = clients_.find(id);
+  if (it == clients_.end()) return;
+  std::unique_ptr<Client> client = std::move(it->second);
+  clients_.erase(it);
+  if (client->timer != 0) loop_->CancelTimer(client->timer);
+  if (client->connect_id) connector_->CancelConnectToGuest(*client->connect_id);
+  if (client->fd) loop_->Remove(client->fd.get());
+  // `client` (and its fd) goes here.
+}
+
+}  // namespace vsockd::host

@@ -1,0 +1,135 @@
+// UnixBackend: the "hybrid vsock" host backend, bridging guest vsock connections to host
+// AF_UNIX stream sockets the way Firecracker, Cloud Hypervisor, vhost-device-vsock and Kata's
+// dialer expect.
+//
+// The convention (one Unix socket path P per VM, --uds-path):
+//  - Guest -> host: a guest connects to CID 2 port X; we connect to the Unix socket "P_X"
+//    (P, an underscore, X in decimal). If nobody listens there (ENOENT, ECONNREFUSED) the
+//    connect fails and the device resets the guest. A listener whose backlog is full makes a
+//    non-blocking AF_UNIX connect fail with EAGAIN: we retry with a short backoff (1 ms
+//    doubling to 50 ms) until host_connect_timeout, then fail with ETIMEDOUT.
+//  - Host -> guest: we listen on P. A host program connects and writes "CONNECT <port>\n"
+//    (keyword in any case, decimal guest port). We ask the device to connect to that guest
+//    port. When the guest accepts we write "OK <n>\n" and from then on the Unix stream is the
+//    connection. <n> is the host-side port the device allocated for the connection
+//    (OkReply::kHostPort, Firecracker / Cloud Hypervisor; their docs show "OK 1073741824")
+//    or the guest port (OkReply::kGuestPort, vhost-device-vsock). Kata only checks that the
+//    reply contains "OK".
+//  - Unlike the peers, which just close the socket, every failure is reported with one line
+//    starting "ERR " and then a close: malformed command, line too long, guest refused (RST),
+//    guest did not answer, no full command within command_timeout, too many handshakes. ERR
+//    lines never contain "ok" in any case (Kata would take them for success).
+//  - The command may arrive split across many writes; bytes after the '\n' that arrived with
+//    it are not lost (they become HostStream::prefix, sent to the guest first); bytes sent
+//    later, before "OK" came back, simply wait in the socket.
+//
+// Callers: vsock::Device calls ConnectToHost(); the daemon creates the backend, calls
+// Start() to listen on P, and passes a GuestConnector (DeviceGuestConnector in production, a
+// fake in tests) through which host-initiated connects reach the device.
+// Threading: everything runs on the EventLoop given at construction; nothing blocks.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "base/event_loop.h"
+#include "base/fd.h"
+#include "base/result.h"
+#include "vsock/host_backend.h"
+
+namespace vsockd::host {
+
+// What "OK <n>\n" carries.
+enum class OkReply {
+  kHostPort,   // the host-side port allocated for the connection (Firecracker, CH)
+  kGuestPort,  // the guest port that was asked for (vhost-device-vsock)
+};
+
+struct UnixBackendOptions {
+  std::string uds_path;  // P
+  OkReply ok_reply = OkReply::kHostPort;
+  // Guest -> host: how long to keep retrying a connect to a listener whose backlog is full.
+  std::chrono::milliseconds host_connect_timeout{2000};
+  // Host -> guest: how long a client may take to send its complete command line.
+  std::chrono::milliseconds command_timeout{5000};
+  size_t max_command_line = 64;
+  // Clients between accept() and the end of their handshake; more get "ERR" and a close.
+  size_t max_handshakes = 1024;
+  int listen_backlog = 128;
+};
+
+// How host-initiated connects reach the device. Mirrors vsock::Device's ConnectToGuest /
+// CancelConnectToGuest (see device.h for the full contract) so the handshake can be tested
+// without a device.
+class GuestConnector {
+ public:
+  virtual ~GuestConnector() = default;
+  // Called once: Ok(host_port) when the guest accepted (return the stream to attach, or
+  // nullopt to abandon), or an error (ECONNREFUSED: refused, ETIMEDOUT: no answer,
+  // ECONNRESET: device gone); the return value is then ignored.
+  using Done = std::function<std::optional<vsock::HostStream>(Result<uint32_t>)>;
+  virtual Result<uint64_t> ConnectToGuest(uint32_t guest_port, Done done) = 0;
+  // Abandons a pending connect; `done` is not called afterwards.
+  virtual void CancelConnectToGuest(uint64_t id) = 0;
+};
+
+class UnixBackend : public vsock::HostBackend {
+ public:
+  // `connector` must outlive the backend (or be usable until the backend's destructor has run:
+  // the destructor cancels pending connects through it).
+  UnixBackend(EventLoop* loop, GuestConnector* connector, UnixBackendOptions options);
+  ~UnixBackend() override;
+  UnixBackend(const UnixBackend&) = delete;
+  UnixBackend& operator=(const UnixBackend&) = delete;
+
+  // Listens on options.uds_path (replacing a stale socket file). Host -> guest connects are
+  // refused by the kernel until this is called; guest -> host connects work without it.
+  Status Start();
+  // Stops listening, closes every client still in its handshake (cancelling its connect) and
+  // removes the socket file if it is still the one we created. Idempotent; the destructor
+  // calls it.
+  void Shutdown();
+
+  // vsock::HostBackend
+  std::unique_ptr<vsock::PendingConnect> ConnectToHost(const vsock::ConnectionInfo& info,
+                                                       ConnectDone done) override;
+
+  const UnixBackendOptions& options() const { return options_; }
+  // The path "P_<port>" a guest connect to `port` goes to.
+  std::string HostPortPath(uint32_t port) const;
+  // Clients currently in their handshake (reading the command or waiting for the guest).
+  size_t handshakes() const { return clients_.size(); }
+
+ private:
+  struct Client;
+  void OnListenReadable();
+  void OnClientEvent(uint64_t id, uint32_t events);
+  void OnCommandComplete(uint64_t id);
+  std::optional<vsock::HostStream> OnGuestAnswer(uint64_t id, Result<uint32_t> result);
+  void OnCommandTimeout(uint64_t id);
+  // Writes "ERR <reason>\n" (best effort) and closes the client.
+  void FailClient(uint64_t id, std::string_view reason);
+  // Forgets the client: loop registration, timer, pending guest connect; closes its fd.
+  void DropClient(uint64_t id);
+
+  EventLoop* loop_;
+  GuestConnector* connector_;
+  UnixBackendOptions options_;
+  Fd listen_fd_;
+  // Identity of the socket file we created, so Shutdown() never unlinks a successor's.
+  dev_t listen_dev_ = 0;
+  ino_t listen_ino_ = 0;
+  bool accept_paused_ = false;
+  EventLoop::TimerId accept_resume_timer_ = 0;
+  uint64_t next_client_id_ = 1;
+  std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
+};
+
+}  // namespace vsockd::host

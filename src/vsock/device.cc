@@ -1,0 +1,1125 @@
+// Device::Impl: the vsock muxer. See device.h for the guarantees and connection.h for the
+// protocol primer; this file is the data path.
+//
+// Flow of one epoll batch:
+//   tx kick -> ProcessTx(): pop every tx chain, validate, dispatch; RW payloads become iovecs
+//              into guest memory queued on their connection; at the end one writev per
+//              connection (buffered bytes first), copy the rest into the connection buffer,
+//              then return every chain (used len 0) and notify once.
+//   anything that gives rx work (a reply, a control flag, host readability, fresh credit,
+//   an rx kick) -> ScheduleRx(): RunRx() runs once, deferred to the end of the batch. It
+//              sends queued RSTs, then serves a FIFO of connections: control packets, then
+//              data read with one readv into as many rx buffers as credit allows.
+// No rx chain is held across calls: every chain popped is pushed or un-popped before RunRx
+// returns, so QueueStopped() (GET_VRING_BASE) always sees a consistent last_avail_idx.
+#include "vsock/device.h"
+
+#include <endian.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <unordered_map>
+#include <vector>
+
+#include "base/log.h"
+#include "virtio/virtio_ring.h"
+#include "vsock/connection.h"
+#include "vsock/packet.h"
+
+namespace vsockd::vsock {
+namespace {
+
+using virtio::DescChain;
+using virtio::PopResult;
+
+constexpr uint32_t kRxQueue = 0;
+constexpr uint32_t kTxQueue = 1;
+// Host-side ports for host-initiated connections, as Firecracker: [2^30, 2^31).
+constexpr uint32_t kHostPortFirst = 1u << 30;
+constexpr uint32_t kHostPortEnd = 1u << 31;
+// Fairness: what one connection may send the guest per turn before the next one is served.
+constexpr uint32_t kTurnBytes = 128 * 1024;
+constexpr size_t kTurnChains = 32;
+constexpr size_t kMaxIov = IOV_MAX;
+
+struct KeyHash {
+  size_t operator()(uint64_t k) const {
+    // murmur3 finalizer: ports are small and correlated, spread them over the buckets.
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    return static_cast<size_t>(k);
+  }
+};
+
+// Copies up to n bytes starting at byte `offset` of the iovec stream into out.
+size_t CopyFromIov(const std::vector<iovec>& iov, size_t offset, uint8_t* out, size_t n) {
+  size_t done = 0;
+  for (const iovec& v : iov) {
+    if (done == n) break;
+    if (offset >= v.iov_len) {
+      offset -= v.iov_len;
+      continue;
+    }
+    size_t take = std::min(v.iov_len - offset, n - done);
+    std::memcpy(out + done, static_cast<const uint8_t*>(v.iov_base) + offset, take);
+    done += take;
+    offset = 0;
+  }
+  return done;
+}
+
+size_t CopyToIov(const std::vector<iovec>& iov, size_t offset, const uint8_t* in, size_t n) {
+  size_t done = 0;
+  for (const iovec& v : iov) {
+    if (done == n) break;
+    if (offset >= v.iov_len) {
+      offset -= v.iov_len;
+      continue;
+    }
+    size_t take = std::min(v.iov_len - offset, n - done);
+    std::memcpy(static_cast<uint8_t*>(v.iov_base) + offset, in + done, take);
+    done += take;
+    offset = 0;
+  }
+  return done;
+}
+
+// Appends iovecs covering [offset, offset + n) of the stream, at most max_entries of them.
+// Returns the bytes covered (less than n when the stream or the entry budget ends).
+size_t SliceIov(const std::vector<iovec>& iov, size_t offset, size_t n, std::vector<iovec>* out,
+                size_t max_entries) {
+  size_t done = 0;
+  for (const iovec& v : iov) {
+    if (done == n || max_entries == 0) break;
+    if (offset >= v.iov_len) {
+      offset -= v.iov_len;
+      continue;
+    }
+    size_t take = std::min(v.iov_len - offset, n - done);
+    if (take > 0) {
+      out->push_back(iovec{static_cast<uint8_t*>(v.iov_base) + offset, take});
+      --max_entries;
+      done += take;
+    }
+    offset = 0;
+  }
+  return done;
+}
+
+}  // namespace
+
+class Device::Impl {
+ public:
+  Impl(EventLoop* loop, HostBackend* backend, DeviceOptions options)
+      : loop_(loop), backend_(backend), opts_(options) {
+    rx_pool_.resize(kTurnChains);
+    rx_caps_.resize(kTurnChains);
+  }
+
+  ~Impl() {
+    destroying_ = true;
+    ResetAll(/*notify_connects=*/false);
+  }
+
+  uint64_t DeviceFeatures() const {
+    uint64_t f = 1ull << virtio::VIRTIO_F_VERSION_1;
+    if (opts_.offer_event_idx) f |= 1ull << virtio::VIRTIO_RING_F_EVENT_IDX;
+    if (opts_.offer_indirect) f |= 1ull << virtio::VIRTIO_RING_F_INDIRECT_DESC;
+    return f;
+  }
+
+  bool ReadConfig(uint32_t offset, std::span<uint8_t> out) const {
+    uint8_t config[8];
+    uint64_t cid = htole64(opts_.guest_cid);
+    std::memcpy(config, &cid, sizeof cid);
+    if (offset > sizeof config || out.size() > sizeof config - offset) return false;
+    std::memcpy(out.data(), config + offset, out.size());
+    return true;
+  }
+
+  void SetAckedFeatures(uint64_t features) { acked_features_ = features; }
+
+  void QueueStarted(uint32_t index, virtio::SplitQueue* queue, bool driver_reset) {
+    if (driver_reset) {
+      LOG_DEBUG("vsock cid {}: guest driver reset, dropping {} connections", opts_.guest_cid,
+                conns_.size());
+      ResetAll(/*notify_connects=*/true);
+    }
+    if (index == kRxQueue) {
+      rxq_ = queue;
+      rx_broken_logged_ = false;
+      ScheduleRx();
+    } else if (index == kTxQueue) {
+      txq_ = queue;
+      tx_broken_logged_ = false;
+      tx_blocked_ = false;
+      ScheduleTx();
+    }
+  }
+
+  void QueueStopped(uint32_t index) {
+    // Nothing is held across calls (see the file comment), so there is nothing to return.
+    if (index == kRxQueue) rxq_ = nullptr;
+    if (index == kTxQueue) {
+      txq_ = nullptr;
+      tx_blocked_ = false;
+    }
+  }
+
+  void QueueKicked(uint32_t index) {
+    if (index == kTxQueue) {
+      ProcessTx();
+    } else if (index == kRxQueue) {
+      ScheduleRx();
+    }
+  }
+
+  void FrontendGone() {
+    ResetAll(/*notify_connects=*/true);
+    rxq_ = nullptr;
+    txq_ = nullptr;
+    acked_features_ = 0;
+    tx_blocked_ = false;
+  }
+
+  Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done) {
+    if (conns_.size() >= opts_.max_connections) {
+      return MakeError(EAGAIN, "vsock cid {}: connection limit ({}) reached", opts_.guest_cid,
+                       opts_.max_connections);
+    }
+    // At most conns_.size() ports can collide, so this ends.
+    uint32_t host_port = 0;
+    for (size_t tries = 0; tries <= conns_.size(); ++tries) {
+      uint32_t p = next_host_port_++;
+      if (next_host_port_ >= kHostPortEnd) next_host_port_ = kHostPortFirst;
+      if (conns_.count(Connection::MakeKey(guest_port, p)) == 0) {
+        host_port = p;
+        break;
+      }
+    }
+    if (host_port == 0)
+      return MakeError(EADDRINUSE, "no free host port for guest port {}", guest_port);
+
+    ConnectionInfo info{opts_.guest_cid, guest_port, VMADDR_CID_HOST, host_port};
+    Connection* conn = AddConnection(info, ConnState::kConnectingGuest);
+    uint64_t id = next_connect_id_++;
+    uint64_t key = conn->key();
+    conn->guest_connect_id = id;
+    guest_connects_[id] = GuestConnect{key, std::move(done)};
+    std::weak_ptr<bool> alive = alive_;
+    conn->timer = loop_->AddTimer(opts_.connect_timeout, [this, alive, key, id] {
+      if (alive.expired()) return;
+      Connection* c = Find(key);
+      if (c == nullptr || c->guest_connect_id != id) return;
+      c->timer = 0;
+      LOG_DEBUG("vsock cid {}: connect to guest port {} timed out", opts_.guest_cid,
+                c->info().guest_port);
+      FailGuestConnect(c, ETIMEDOUT, /*send_rst=*/false);
+    });
+    conn->pending_ctrl |= Connection::kCtrlRequest;
+    MaybeQueueRx(conn);
+    return id;
+  }
+
+  void CancelConnectToGuest(uint64_t id) {
+    auto it = guest_connects_.find(id);
+    if (it == guest_connects_.end()) return;
+    uint64_t key = it->second.key;
+    guest_connects_.erase(it);
+    Connection* conn = Find(key);
+    if (conn == nullptr || conn->guest_connect_id != id) return;
+    conn->guest_connect_id = 0;
+    // The guest may already be accepting: tell it the connection is gone.
+    FreeConnection(conn, /*send_rst=*/conn->request_sent);
+  }
+
+  uint64_t guest_cid() const { return opts_.guest_cid; }
+  const DeviceStats& stats() const { return stats_; }
+
+ private:
+  struct GuestConnect {
+    uint64_t key = 0;
+    GuestConnectDone done;
+  };
+  enum class Served { kDone, kStarved, kFreed };
+
+  // ---------------------------------------------------------------------------------------
+  // Connections
+  // ---------------------------------------------------------------------------------------
+  Connection* Find(uint64_t key) {
+    auto it = conns_.find(key);
+    return it == conns_.end() ? nullptr : it->second.get();
+  }
+
+  Connection* AddConnection(const ConnectionInfo& info, ConnState state) {
+    auto conn = std::make_unique<Connection>(info, state, opts_.buf_alloc);
+    Connection* c = conn.get();
+    conns_[c->key()] = std::move(conn);
+    stats_.connections_opened++;
+    stats_.connections_active = conns_.size();
+    LOG_DEBUG("vsock: open {}:{} <-> {}:{} ({})", info.guest_cid, info.guest_port, info.host_cid,
+              info.host_port, ConnStateName(state));
+    return c;
+  }
+
+  void CloseHost(Connection* conn) {
+    if (conn->host_registered) {
+      loop_->Remove(conn->host_fd.get());
+      conn->host_registered = false;
+    }
+    conn->host_fd.Reset();
+  }
+
+  void DropGuestData(Connection* conn) {
+    stats_.buffered_bytes -= conn->buffer.size();
+    conn->buffer.Clear();
+    conn->pending_iov.clear();
+    conn->pending_bytes = 0;
+    conn->in_flush_list = false;
+  }
+
+  // A PendingConnect may be the object whose callback is running: destroy it later.
+  void DestroyPendingConnect(Connection* conn) {
+    if (!conn->host_connect) return;
+    if (destroying_) {
+      conn->host_connect.reset();
+      return;
+    }
+    std::shared_ptr<PendingConnect> p(std::move(conn->host_connect));
+    loop_->Defer([p] {});
+  }
+
+  // Frees the connection now; with send_rst, an RST goes to the guest (bounded reply queue:
+  // at most one per connection on top of the tx-driven ones).
+  void FreeConnection(Connection* conn, bool send_rst) {
+    LOG_DEBUG("vsock: close {}:{} <-> {}:{} ({}){}", conn->info().guest_cid,
+              conn->info().guest_port, conn->info().host_cid, conn->info().host_port,
+              ConnStateName(conn->state()), send_rst ? ", RST" : "");
+    if (send_rst) {
+      replies_.push_back(conn->MakeHeader(VIRTIO_VSOCK_OP_RST, 0, 0));
+      ScheduleRx();
+    }
+    if (conn->guest_connect_id != 0) guest_connects_.erase(conn->guest_connect_id);
+    if (conn->timer != 0) loop_->CancelTimer(conn->timer);
+    CloseHost(conn);
+    DestroyPendingConnect(conn);
+    DropGuestData(conn);
+    conns_.erase(conn->key());
+    stats_.connections_active = conns_.size();
+  }
+
+  void ResetAll(bool notify_connects) {
+    std::vector<GuestConnectDone> dones;
+    for (auto& [id, gc] : guest_connects_) {
+      if (gc.done) dones.push_back(std::move(gc.done));
+    }
+    guest_connects_.clear();
+    for (auto& [key, conn] : conns_) {
+      if (conn->timer != 0) loop_->CancelTimer(conn->timer);
+      CloseHost(conn.get());
+      DestroyPendingConnect(conn.get());
+    }
+    conns_.clear();
+    replies_.clear();
+    rx_fifo_.clear();
+    flush_keys_.clear();
+    stats_.buffered_bytes = 0;
+    stats_.connections_active = 0;
+    if (notify_connects) {
+      for (auto& done : dones) done(MakeError(ECONNRESET, "vsock device reset"));
+    }
+  }
+
+  void FailGuestConnect(Connection* conn, int code, bool send_rst) {
+    GuestConnectDone done;
+    auto it = guest_connects_.find(conn->guest_connect_id);
+    if (it != guest_connects_.end()) {
+      done = std::move(it->second.done);
+      guest_connects_.erase(it);
+    }
+    conn->guest_connect_id = 0;
+    uint32_t port = conn->info().guest_port;
+    FreeConnection(conn, send_rst);
+    if (done) done(MakeError(code, "connect to guest port {}", port));
+  }
+
+  bool AttachHost(Connection* conn, HostStream stream) {
+    if (!stream.fd.valid()) return false;
+    auto st = SetNonBlocking(stream.fd.get());
+    if (!st.ok()) {
+      LOG_WARN("vsock: host stream: {}", st.error().ToString());
+      return false;
+    }
+    conn->host_fd = std::move(stream.fd);
+    conn->prefix = std::move(stream.prefix);
+    conn->prefix_off = 0;
+    conn->host_readable = false;  // the registration reports what is already readable
+    conn->host_writable = true;
+    uint64_t key = conn->key();
+    st = loop_->Add(conn->host_fd.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                    [this, key](uint32_t events) { OnHostEvent(key, events); });
+    if (!st.ok()) {
+      LOG_WARN("vsock: host stream: {}", st.error().ToString());
+      conn->host_fd.Reset();
+      return false;
+    }
+    conn->host_registered = true;
+    return true;
+  }
+
+  void OnHostConnected(uint64_t key, Result<HostStream> result) {
+    Connection* conn = Find(key);
+    if (conn == nullptr || conn->state() != ConnState::kConnectingHost) return;
+    DestroyPendingConnect(conn);
+    if (!result.ok()) {
+      LOG_DEBUG("vsock: guest {} -> host port {}: {}", conn->info().guest_port,
+                conn->info().host_port, result.error().ToString());
+      FreeConnection(conn, /*send_rst=*/true);
+      return;
+    }
+    if (!AttachHost(conn, std::move(result).value())) {
+      FreeConnection(conn, /*send_rst=*/true);
+      return;
+    }
+    conn->set_state(ConnState::kEstablished);
+    conn->pending_ctrl |= Connection::kCtrlResponse;
+    MaybeQueueRx(conn);
+  }
+
+  void OnHostEvent(uint64_t key, uint32_t events) {
+    Connection* conn = Find(key);
+    if (conn == nullptr || !conn->host_fd.valid()) return;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn->host_readable = true;
+    if (events & (EPOLLRDHUP | EPOLLHUP)) conn->host_rdhup = true;
+    if (events & EPOLLHUP) {
+      conn->host_hup = true;
+      // EOF was already forwarded as a half-close; now the peer stopped reading too.
+      if (conn->host_eof && conn->state() == ConnState::kEstablished) {
+        QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND);
+        EnterClosing(conn);
+        MaybeQueueRx(conn);
+        return;
+      }
+    }
+    if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+      conn->host_writable = true;
+      if (!conn->buffer.empty() && conn->state() == ConnState::kEstablished) {
+        if (!FlushToHost(conn)) return;
+      }
+    }
+    MaybeQueueRx(conn);
+  }
+
+  void QueueShutdown(Connection* conn, uint32_t flags) {
+    conn->shutdown_to_send |= flags;
+    conn->pending_ctrl |= Connection::kCtrlShutdown;
+  }
+
+  // We sent (or queued) SHUTDOWN(RCV|SEND): the host side is gone; wait for the guest's RST.
+  void EnterClosing(Connection* conn) {
+    conn->set_state(ConnState::kClosing);
+    CloseHost(conn);
+    DropGuestData(conn);
+    conn->pending_ctrl &= ~(Connection::kCtrlCreditUpdate | Connection::kCtrlCreditReply);
+    StartCloseTimer(conn);
+  }
+
+  void StartCloseTimer(Connection* conn) {
+    if (conn->timer != 0) return;
+    uint64_t key = conn->key();
+    std::weak_ptr<bool> alive = alive_;
+    conn->timer = loop_->AddTimer(opts_.close_timeout, [this, alive, key] {
+      if (alive.expired()) return;
+      Connection* c = Find(key);
+      if (c == nullptr) return;
+      c->timer = 0;
+      LOG_DEBUG("vsock: close timeout for guest port {}", c->info().guest_port);
+      FreeConnection(c, /*send_rst=*/true);
+    });
+  }
+
+  void OnHostEof(Connection* conn) {
+    conn->host_eof = true;
+    conn->host_readable = false;
+    if (conn->host_hup) {
+      QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND);
+      EnterClosing(conn);
+    } else {
+      QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_SEND);
+    }
+  }
+
+  void MaybeQueueRx(Connection* conn) {
+    if (conn->in_rx_queue || !conn->WantsRx()) return;
+    conn->in_rx_queue = true;
+    rx_fifo_.push_back(conn->key());
+    ScheduleRx();
+  }
+
+  void MaybeCreditUpdate(Connection* conn) {
+    if (conn->state() != ConnState::kEstablished) return;
+    if ((conn->pending_ctrl & Connection::kCtrlCreditUpdate) || !conn->NeedsCreditUpdate()) return;
+    conn->pending_ctrl |= Connection::kCtrlCreditUpdate;
+    MaybeQueueRx(conn);
+  }
+
+  // After the guest's SHUTDOWN: half-close the host once its data is there; free the
+  // connection when the guest closed both ways. Returns false if the connection was freed.
+  bool MaybeFinishGuestSend(Connection* conn) {
+    if (conn->state() != ConnState::kEstablished || !conn->guest_sends_no_more()) return true;
+    if (!conn->guest_data_drained()) {
+      // A host that never reads must not pin the connection forever.
+      if (conn->guest_fully_shut()) StartCloseTimer(conn);
+      return true;
+    }
+    if (!conn->host_shut_wr && conn->host_fd.valid()) {
+      ::shutdown(conn->host_fd.get(), SHUT_WR);
+      conn->host_shut_wr = true;
+    }
+    if (conn->guest_fully_shut()) {
+      FreeConnection(conn, /*send_rst=*/true);
+      return false;
+    }
+    return true;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Guest -> host (tx)
+  // ---------------------------------------------------------------------------------------
+  size_t ReplyCap() const {
+    size_t cap = txq_ != nullptr ? txq_->size() : 128;
+    return std::max<size_t>(cap, 1);
+  }
+
+  void ScheduleTx() {
+    std::weak_ptr<bool> alive = alive_;
+    loop_->Defer([this, alive] {
+      if (!alive.expired()) ProcessTx();
+    });
+  }
+
+  void ProcessTx() {
+    if (in_tx_ || txq_ == nullptr || !txq_->configured() || txq_->broken() || tx_blocked_) {
+      return;
+    }
+    in_tx_ = true;
+    virtio::SplitQueue* q = txq_;
+    for (;;) {
+      q->DisableKicks();
+      bool broken = false;
+      const size_t cap = ReplyCap();
+      while (replies_.size() < cap && txq_ == q) {
+        PopResult r = q->Pop(&tx_chain_);
+        if (r == PopResult::kEmpty) break;
+        if (r == PopResult::kBroken) {
+          broken = true;
+          break;
+        }
+        if (r == PopResult::kBadChain) {
+          stats_.dropped_packets++;
+          LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: malformed tx descriptor chain",
+                          opts_.guest_cid);
+        } else {
+          HandleTxChain(tx_chain_);
+        }
+        tx_used_.push_back(tx_chain_.head);
+      }
+      FlushTxBatch();
+      if (txq_ != q) break;  // a callback stopped the device meanwhile: do not touch q
+      for (uint16_t head : tx_used_) q->PushUsed(head, 0);
+      tx_used_.clear();
+      q->Notify();
+      if (broken) {
+        if (!tx_broken_logged_) {
+          LOG_WARN("vsock cid {}: tx queue is corrupt, no longer used", opts_.guest_cid);
+          tx_broken_logged_ = true;
+        }
+        break;
+      }
+      if (replies_.size() >= cap) {
+        // The spec's deadlock rule: keep replies bounded; resume when rx drains them.
+        tx_blocked_ = true;
+        break;
+      }
+      if (!q->EnableKicks()) break;
+    }
+    tx_used_.clear();
+    in_tx_ = false;
+    if (!replies_.empty()) ScheduleRx();
+  }
+
+  void Drop(const char* why, const PacketHeader* hdr) {
+    stats_.dropped_packets++;
+    if (hdr != nullptr) {
+      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: dropped tx packet ({}): {}", opts_.guest_cid,
+                      why, DescribeHeader(*hdr));
+    } else {
+      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: dropped tx packet ({})", opts_.guest_cid,
+                      why);
+    }
+  }
+
+  // RST for a packet that has no connection (src/dst swapped, type echoed). Never for an RST.
+  void ReplyRst(const PacketHeader& h) {
+    if (h.op == VIRTIO_VSOCK_OP_RST) return;
+    PacketHeader r;
+    r.src_cid = h.dst_cid;
+    r.src_port = h.dst_port;
+    r.dst_cid = h.src_cid;
+    r.dst_port = h.src_port;
+    r.type = h.type;
+    r.op = VIRTIO_VSOCK_OP_RST;
+    replies_.push_back(r);
+  }
+
+  // A protocol violation on a known connection: RST it.
+  void Violation(Connection* conn, const PacketHeader& h, const char* why) {
+    LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: {} in state {}, resetting: {}", opts_.guest_cid,
+                    why, ConnStateName(conn->state()), DescribeHeader(h));
+    if (conn->state() == ConnState::kConnectingGuest) {
+      FailGuestConnect(conn, ECONNRESET, /*send_rst=*/true);
+    } else {
+      FreeConnection(conn, /*send_rst=*/true);
+    }
+  }
+
+  void HandleTxChain(const DescChain& chain) {
+    stats_.tx_packets++;
+    if (chain.writable_bytes > 0) return Drop("writable descriptors in a tx chain", nullptr);
+    if (chain.readable_bytes < kHeaderSize) return Drop("shorter than a header", nullptr);
+    uint8_t raw[kHeaderSize];
+    CopyFromIov(chain.readable, 0, raw, kHeaderSize);  // copied once: no TOCTOU
+    const PacketHeader h = DecodeHeader(raw);
+    if (h.len > kMaxPacketPayload) return Drop("len above 64 KiB", &h);
+    if (h.len > chain.readable_bytes - kHeaderSize) return Drop("len beyond the chain", &h);
+    if (h.src_cid != opts_.guest_cid) return Drop("spoofed src_cid", &h);
+    if (h.dst_cid != VMADDR_CID_HOST || h.type != VIRTIO_VSOCK_TYPE_STREAM ||
+        h.op == VIRTIO_VSOCK_OP_INVALID || h.op > VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
+      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: refused tx packet: {}", opts_.guest_cid,
+                      DescribeHeader(h));
+      ReplyRst(h);
+      return;
+    }
+    uint64_t key = Connection::MakeKey(h.src_port, h.dst_port);
+    Connection* conn = Find(key);
+    if (conn == nullptr) {
+      if (h.op == VIRTIO_VSOCK_OP_REQUEST) return OpenFromGuest(h);
+      LOG_DEBUG("vsock cid {}: packet for unknown connection: {}", opts_.guest_cid,
+                DescribeHeader(h));
+      ReplyRst(h);
+      return;
+    }
+    conn->UpdatePeerCredit(h);
+    switch (conn->state()) {
+      case ConnState::kConnectingHost:
+        if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+        if (h.op == VIRTIO_VSOCK_OP_CREDIT_UPDATE || h.op == VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
+          return;  // the RESPONSE will carry our credit
+        }
+        return Violation(conn, h, "unexpected packet while connecting");
+      case ConnState::kConnectingGuest:
+        if (h.op == VIRTIO_VSOCK_OP_RESPONSE && conn->request_sent) {
+          return CompleteGuestConnect(conn);
+        }
+        if (h.op == VIRTIO_VSOCK_OP_RST) {
+          LOG_DEBUG("vsock cid {}: guest port {} refused the connection", opts_.guest_cid,
+                    h.src_port);
+          return FailGuestConnect(conn, ECONNREFUSED, /*send_rst=*/false);
+        }
+        return Violation(conn, h, "unexpected packet while connecting to the guest");
+      case ConnState::kClosing:
+        if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+        return;  // waiting for the guest's RST; data and credit are moot
+      case ConnState::kEstablished:
+        break;
+    }
+    switch (h.op) {
+      case VIRTIO_VSOCK_OP_RST:
+        return FreeConnection(conn, false);
+      case VIRTIO_VSOCK_OP_REQUEST:
+        return Violation(conn, h, "REQUEST for an existing connection");
+      case VIRTIO_VSOCK_OP_RESPONSE:
+        return Violation(conn, h, "unexpected RESPONSE");
+      case VIRTIO_VSOCK_OP_RW:
+        if (!HandleRw(conn, h, chain)) return;
+        break;
+      case VIRTIO_VSOCK_OP_CREDIT_UPDATE:
+        break;  // credit already refreshed from the header
+      case VIRTIO_VSOCK_OP_CREDIT_REQUEST:
+        conn->pending_ctrl |= Connection::kCtrlCreditReply;
+        break;
+      case VIRTIO_VSOCK_OP_SHUTDOWN:
+        conn->AddPeerShutdown(h.flags);
+        if (!MaybeFinishGuestSend(conn)) return;
+        break;
+    }
+    MaybeQueueRx(conn);  // fresh credit may unblock host -> guest data
+  }
+
+  void OpenFromGuest(const PacketHeader& h) {
+    if (conns_.size() >= opts_.max_connections) {
+      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: connection limit {} reached, refusing {}",
+                      opts_.guest_cid, opts_.max_connections, DescribeHeader(h));
+      ReplyRst(h);
+      return;
+    }
+    ConnectionInfo info{opts_.guest_cid, h.src_port, VMADDR_CID_HOST, h.dst_port};
+    Connection* conn = AddConnection(info, ConnState::kConnectingHost);
+    conn->UpdatePeerCredit(h);
+    uint64_t key = conn->key();
+    std::weak_ptr<bool> alive = alive_;
+    conn->host_connect =
+        backend_->ConnectToHost(info, [this, alive, key](Result<HostStream> result) {
+          if (alive.expired()) return;
+          OnHostConnected(key, std::move(result));
+        });
+  }
+
+  void CompleteGuestConnect(Connection* conn) {
+    if (conn->timer != 0) {
+      loop_->CancelTimer(conn->timer);
+      conn->timer = 0;
+    }
+    GuestConnectDone done;
+    auto it = guest_connects_.find(conn->guest_connect_id);
+    if (it != guest_connects_.end()) {
+      done = std::move(it->second.done);
+      guest_connects_.erase(it);
+    }
+    conn->guest_connect_id = 0;
+    uint64_t key = conn->key();
+    uint32_t host_port = conn->info().host_port;
+    std::optional<HostStream> stream;
+    if (done) stream = done(host_port);
+    conn = Find(key);  // done() may have re-entered the device
+    if (conn == nullptr || conn->state() != ConnState::kConnectingGuest) return;
+    if (!stream || !AttachHost(conn, std::move(*stream))) {
+      FreeConnection(conn, /*send_rst=*/true);
+      return;
+    }
+    conn->set_state(ConnState::kEstablished);
+    LOG_DEBUG("vsock: established host port {} -> guest port {}", host_port,
+              conn->info().guest_port);
+    MaybeQueueRx(conn);
+  }
+
+  // Returns false if the connection was freed.
+  bool HandleRw(Connection* conn, const PacketHeader& h, const DescChain& chain) {
+    if (h.len == 0) return true;
+    if (conn->guest_sends_no_more()) {
+      Drop("RW after SHUTDOWN(SEND)", &h);
+      return true;
+    }
+    if (!conn->GuestMaySend(h.len)) {
+      LOG_RATELIMITED(LogLevel::kWarn,
+                      "vsock cid {}: guest exceeded its credit (buf_alloc {}, unforwarded {}), "
+                      "resetting: {}",
+                      opts_.guest_cid, conn->buf_alloc(), conn->Unforwarded(), DescribeHeader(h));
+      FreeConnection(conn, /*send_rst=*/true);
+      return false;
+    }
+    size_t got = SliceIov(chain.readable, kHeaderSize, h.len, &conn->pending_iov, SIZE_MAX);
+    conn->pending_bytes += got;
+    conn->OnReceivedFromGuest(h.len);
+    stats_.tx_bytes += h.len;
+    if (!conn->in_flush_list) {
+      conn->in_flush_list = true;
+      flush_keys_.push_back(conn->key());
+    }
+    return true;
+  }
+
+  void FlushTxBatch() {
+    for (uint64_t key : flush_keys_) {
+      Connection* conn = Find(key);
+      if (conn == nullptr || !conn->in_flush_list) continue;
+      conn->in_flush_list = false;
+      FlushToHost(conn);
+    }
+    flush_keys_.clear();
+  }
+
+  // One writev of (buffer, then this batch's iovecs); what the host did not take is copied
+  // into the buffer. Returns false if the connection was freed (host write error).
+  bool FlushToHost(Connection* conn) {
+    size_t written = 0;
+    const size_t total = conn->buffer.size() + conn->pending_bytes;
+    if (total > 0 && conn->host_writable && conn->host_fd.valid()) {
+      write_iov_.clear();
+      if (!conn->buffer.empty()) {
+        write_iov_.push_back(iovec{const_cast<uint8_t*>(conn->buffer.data()), conn->buffer.size()});
+      }
+      write_iov_.insert(write_iov_.end(), conn->pending_iov.begin(), conn->pending_iov.end());
+      size_t idx = 0;
+      while (idx < write_iov_.size()) {
+        size_t cnt = std::min(write_iov_.size() - idx, kMaxIov);
+        size_t want = IovecBytes(&write_iov_[idx], cnt);
+        ssize_t n = WriteHost(conn, &write_iov_[idx], cnt);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            conn->host_writable = false;
+            break;
+          }
+          LOG_DEBUG("vsock: host write for guest port {}: {}", conn->info().guest_port,
+                    std::strerror(errno));
+          FreeConnection(conn, /*send_rst=*/true);
+          return false;
+        }
+        written += static_cast<size_t>(n);
+        // Advance past what was written.
+        size_t left = static_cast<size_t>(n);
+        while (left > 0 && idx < write_iov_.size()) {
+          iovec& v = write_iov_[idx];
+          if (left >= v.iov_len) {
+            left -= v.iov_len;
+            ++idx;
+          } else {
+            v.iov_base = static_cast<uint8_t*>(v.iov_base) + left;
+            v.iov_len -= left;
+            left = 0;
+          }
+        }
+        if (static_cast<size_t>(n) < want) {
+          conn->host_writable = false;  // short write: the socket buffer is full
+          break;
+        }
+      }
+    }
+    size_t from_buffer = std::min(written, conn->buffer.size());
+    conn->buffer.Consume(from_buffer);
+    stats_.buffered_bytes -= from_buffer;
+    size_t skip = written - from_buffer;
+    for (const iovec& v : conn->pending_iov) {
+      if (skip >= v.iov_len) {
+        skip -= v.iov_len;
+        continue;
+      }
+      conn->buffer.Append(static_cast<const uint8_t*>(v.iov_base) + skip, v.iov_len - skip);
+      stats_.buffered_bytes += v.iov_len - skip;
+      skip = 0;
+    }
+    conn->pending_iov.clear();
+    conn->pending_bytes = 0;
+    if (written > 0) {
+      conn->OnForwardedToHost(static_cast<uint32_t>(written));
+      MaybeCreditUpdate(conn);
+    }
+    return MaybeFinishGuestSend(conn);
+  }
+
+  ssize_t WriteHost(Connection* conn, const iovec* iov, size_t cnt) {
+    if (!conn->host_not_socket) {
+      msghdr msg{};
+      msg.msg_iov = const_cast<iovec*>(iov);
+      msg.msg_iovlen = cnt;
+      // MSG_NOSIGNAL: a host peer that went away must give EPIPE, not kill the daemon.
+      ssize_t n = ::sendmsg(conn->host_fd.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0 || errno != ENOTSOCK) return n;
+      conn->host_not_socket = true;
+    }
+    return ::writev(conn->host_fd.get(), iov, static_cast<int>(cnt));
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Host -> guest (rx)
+  // ---------------------------------------------------------------------------------------
+  void ScheduleRx() {
+    if (rx_scheduled_) return;
+    rx_scheduled_ = true;
+    std::weak_ptr<bool> alive = alive_;
+    loop_->Defer([this, alive] {
+      if (alive.expired()) return;
+      rx_scheduled_ = false;
+      RunRx();
+    });
+  }
+
+  bool RxUsable() {
+    if (rxq_ == nullptr || !rxq_->configured()) return false;
+    if (rxq_->broken()) {
+      if (!rx_broken_logged_) {
+        LOG_WARN("vsock cid {}: rx queue is corrupt, no longer used", opts_.guest_cid);
+        rx_broken_logged_ = true;
+      }
+      return false;
+    }
+    return true;
+  }
+
+  void RunRx() {
+    if (!RxUsable()) return;
+    virtio::SplitQueue* q = rxq_;
+    bool starved = false;
+    for (;;) {
+      starved = false;
+      while (!replies_.empty()) {
+        if (!PopRxChain(&rx_pool_[0])) {
+          starved = true;
+          break;
+        }
+        WriteHeader(rx_pool_[0], replies_.front(), 0);
+        replies_.pop_front();
+        stats_.rst_sent++;
+      }
+      // One pass over the connections waiting now; a connection that still has work after
+      // its turn goes to the back (and another pass is scheduled).
+      size_t turns = rx_fifo_.size();
+      while (!starved && turns-- > 0 && !rx_fifo_.empty() && rxq_ == q && RxUsable()) {
+        uint64_t key = rx_fifo_.front();
+        rx_fifo_.pop_front();
+        Connection* conn = Find(key);
+        if (conn == nullptr || !conn->in_rx_queue) continue;
+        conn->in_rx_queue = false;
+        Served r = Serve(conn);
+        if (r == Served::kFreed) continue;
+        if (r == Served::kStarved) {
+          starved = true;
+          conn->in_rx_queue = true;
+          rx_fifo_.push_front(key);
+          break;
+        }
+        MaybeQueueRx(conn);
+      }
+      if (rxq_ != q || !RxUsable()) return;
+      if (starved && q->EnableKicks()) continue;  // buffers arrived meanwhile: go on
+      break;
+    }
+    // Kicks are only useful while we wait for buffers.
+    if (!starved) q->DisableKicks();
+    q->Notify();
+    if (tx_blocked_ && replies_.size() < ReplyCap()) {
+      tx_blocked_ = false;
+      ProcessTx();
+    }
+  }
+
+  // Pops a usable rx chain (bad ones are returned with used len 0). False when none.
+  bool PopRxChain(DescChain* chain) {
+    for (;;) {
+      PopResult r = rxq_->Pop(chain);
+      if (r == PopResult::kEmpty) return false;
+      if (r == PopResult::kBroken) {
+        RxUsable();  // logs once
+        return false;
+      }
+      if (r == PopResult::kOk && chain->readable_bytes == 0 &&
+          chain->writable_bytes >= kHeaderSize) {
+        return true;
+      }
+      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
+                      opts_.guest_cid);
+      rxq_->PushUsed(chain->head, 0);
+    }
+  }
+
+  void WriteHeader(const DescChain& chain, const PacketHeader& h, uint32_t payload) {
+    uint8_t raw[kHeaderSize];
+    EncodeHeader(h, raw);
+    CopyToIov(chain.writable, 0, raw, kHeaderSize);
+    rxq_->PushUsed(chain.head, static_cast<uint32_t>(kHeaderSize + payload));
+    stats_.rx_packets++;
+  }
+
+  bool SendControl(Connection* conn, uint16_t op, uint32_t flags) {
+    if (!PopRxChain(&rx_pool_[0])) return false;
+    // The header is made only once a buffer is in hand: it records fwd_cnt as sent.
+    WriteHeader(rx_pool_[0], conn->MakeHeader(op, flags, 0), 0);
+    return true;
+  }
+
+  Served Serve(Connection* conn) {
+    if (conn->pending_ctrl & Connection::kCtrlRequest) {
+      if (!SendControl(conn, VIRTIO_VSOCK_OP_REQUEST, 0)) return Served::kStarved;
+      conn->pending_ctrl &= ~Connection::kCtrlRequest;
+      conn->request_sent = true;
+    }
+    if (conn->pending_ctrl & Connection::kCtrlResponse) {
+      if (!SendControl(conn, VIRTIO_VSOCK_OP_RESPONSE, 0)) return Served::kStarved;
+      conn->pending_ctrl &= ~Connection::kCtrlResponse;
+    }
+    if (conn->state() == ConnState::kEstablished && conn->PeerFree() > 0 &&
+        (conn->prefix_pending() || conn->HostReadWanted())) {
+      Served r = SendData(conn);
+      if (r != Served::kDone) return r;
+    }
+    if (conn->pending_ctrl & Connection::kCtrlShutdown) {
+      if (!SendControl(conn, VIRTIO_VSOCK_OP_SHUTDOWN, conn->shutdown_to_send)) {
+        return Served::kStarved;
+      }
+      conn->pending_ctrl &= ~Connection::kCtrlShutdown;
+    }
+    constexpr uint32_t kCredit = Connection::kCtrlCreditUpdate | Connection::kCtrlCreditReply;
+    if (conn->pending_ctrl & kCredit) {
+      // A proactive update is dropped if data packets already carried the fresh fwd_cnt.
+      bool send = (conn->pending_ctrl & Connection::kCtrlCreditReply) || conn->NeedsCreditUpdate();
+      if (send && !SendControl(conn, VIRTIO_VSOCK_OP_CREDIT_UPDATE, 0)) return Served::kStarved;
+      conn->pending_ctrl &= ~kCredit;
+    }
+    return Served::kDone;
+  }
+
+  // Pops as many rx chains as credit and the turn allow, fills their data areas with one
+  // readv (or from the stream prefix), writes each header and returns the unused chains.
+  Served SendData(Connection* conn) {
+    const size_t budget = std::min<size_t>(conn->PeerFree(), kTurnBytes);
+    size_t n = 0;
+    size_t cap_total = 0;
+    rx_iov_.clear();
+    while (n < kTurnChains && cap_total < budget) {
+      DescChain& ch = rx_pool_[n];
+      PopResult r = rxq_->Pop(&ch);
+      if (r == PopResult::kEmpty) break;
+      if (r == PopResult::kBroken) {
+        RxUsable();
+        return Served::kStarved;  // queue unusable; nothing popped may be touched
+      }
+      bool usable = r == PopResult::kOk && ch.readable_bytes == 0 &&
+                    ch.writable_bytes > kHeaderSize && rx_iov_.size() < kMaxIov;
+      if (!usable) {
+        if (n > 0) {
+          // Keep the popped-but-unpushed chains the most recent pops, so Unpop stays exact:
+          // this one is handled first on the next turn.
+          rxq_->Unpop(1);
+          break;
+        }
+        LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
+                        opts_.guest_cid);
+        rxq_->PushUsed(ch.head, 0);
+        continue;
+      }
+      size_t cap = std::min<size_t>(
+          {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, budget - cap_total});
+      cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - rx_iov_.size());
+      rx_caps_[n] = cap;
+      cap_total += cap;
+      ++n;
+    }
+    if (n == 0) return Served::kStarved;
+
+    ssize_t got;
+    bool from_prefix = conn->prefix_pending();
+    if (from_prefix) {
+      size_t avail = conn->prefix.size() - conn->prefix_off;
+      size_t take = std::min(avail, cap_total);
+      size_t done = 0;
+      for (const iovec& v : rx_iov_) {
+        if (done == take) break;
+        size_t c = std::min(v.iov_len, take - done);
+        std::memcpy(v.iov_base, conn->prefix.data() + conn->prefix_off + done, c);
+        done += c;
+      }
+      conn->prefix_off += take;
+      if (!conn->prefix_pending()) {
+        conn->prefix.clear();
+        conn->prefix.shrink_to_fit();
+        conn->prefix_off = 0;
+      }
+      got = static_cast<ssize_t>(take);
+    } else {
+      do {
+        got = ::readv(conn->host_fd.get(), rx_iov_.data(), static_cast<int>(rx_iov_.size()));
+      } while (got < 0 && errno == EINTR);
+    }
+
+    if (got <= 0) {
+      int err = errno;
+      rxq_->Unpop(static_cast<uint16_t>(n));
+      if (got == 0) {
+        OnHostEof(conn);
+        return Served::kDone;
+      }
+      if (err == EAGAIN || err == EWOULDBLOCK) {
+        conn->host_readable = false;
+        return Served::kDone;
+      }
+      LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
+                std::strerror(err));
+      FreeConnection(conn, /*send_rst=*/true);
+      return Served::kFreed;
+    }
+    if (!from_prefix && static_cast<size_t>(got) < cap_total && !conn->host_rdhup) {
+      // Stream socket drained; the next edge re-arms us. After RDHUP no edge will come:
+      // stay readable so the next read sees the EOF.
+      conn->host_readable = false;
+    }
+    // Chains that got nothing are the most recent pops: return them first.
+    size_t left = static_cast<size_t>(got);
+    size_t used = 0;
+    for (size_t i = 0; i < n && left > 0; ++i) {
+      left -= std::min(left, rx_caps_[i]);
+      used = i + 1;
+    }
+    if (used < n) rxq_->Unpop(static_cast<uint16_t>(n - used));
+    left = static_cast<size_t>(got);
+    for (size_t i = 0; i < used; ++i) {
+      uint32_t len = static_cast<uint32_t>(std::min(left, rx_caps_[i]));
+      left -= len;
+      WriteHeader(rx_pool_[i], conn->MakeHeader(VIRTIO_VSOCK_OP_RW, 0, len), len);
+      conn->OnSentToGuest(len);
+      stats_.rx_bytes += len;
+    }
+    return Served::kDone;
+  }
+
+  EventLoop* loop_;
+  HostBackend* backend_;
+  DeviceOptions opts_;
+  DeviceStats stats_;
+  uint64_t acked_features_ = 0;
+  virtio::SplitQueue* rxq_ = nullptr;
+  virtio::SplitQueue* txq_ = nullptr;
+  bool rx_broken_logged_ = false;
+  bool tx_broken_logged_ = false;
+  bool tx_blocked_ = false;  // replies_ full: tx waits for rx to drain them
+  bool rx_scheduled_ = false;
+  bool in_tx_ = false;
+  bool destroying_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for deferred callbacks
+
+  std::unordered_map<uint64_t, std::unique_ptr<Connection>, KeyHash> conns_;
+  std::deque<uint64_t> rx_fifo_;      // connections with something for the guest
+  std::deque<PacketHeader> replies_;  // RSTs waiting for rx buffers
+  std::unordered_map<uint64_t, GuestConnect> guest_connects_;
+  uint64_t next_connect_id_ = 1;
+  uint32_t next_host_port_ = kHostPortFirst;
+
+  // Scratch reused across batches (no allocation on the data path once warm).
+  DescChain tx_chain_;
+  std::vector<uint16_t> tx_used_;
+  std::vector<uint64_t> flush_keys_;
+  std::vector<iovec> write_iov_;
+  std::vector<DescChain> rx_pool_;
+  std::vector<size_t> rx_caps_;
+  std::vector<iovec> rx_iov_;
+};
+
+Device::Device(EventLoop* loop, HostBackend* backend, DeviceOptions options)
+    : impl_(std::make_unique<Impl>(loop, backend, options)) {}
+Device::~Device() = default;
+
+uint64_t Device::DeviceFeatures() const { return impl_->DeviceFeatures(); }
+bool Device::ReadConfig(uint32_t offset, std::span<uint8_t> out) const {
+  return impl_->ReadConfig(offset, out);
+}
+void Device::SetAckedFeatures(uint64_t features) { impl_->SetAckedFeatures(features); }
+void Device::QueueStarted(uint32_t index, virtio::SplitQueue* queue, bool driver_reset) {
+  impl_->QueueStarted(index, queue, driver_reset);
+}
+void Device::QueueStopped(uint32_t index) { impl_->QueueStopped(index); }
+void Device::QueueKicked(uint32_t index) { impl_->QueueKicked(index); }
+void Device::FrontendGone() { impl_->FrontendGone(); }
+Result<uint64_t> Device::ConnectToGuest(uint32_t guest_port, GuestConnectDone done) {
+  return impl_->ConnectToGuest(guest_port, std::move(done));
+}
+void Device::CancelConnectToGuest(uint64_t id) { impl_->CancelConnectToGuest(id); }
+uint64_t Device::guest_cid() const { return impl_->guest_cid(); }
+const DeviceStats& Device::stats() const { return impl_->stats(); }
+
+}  // namespace vsockd::vsock

@@ -1,0 +1,207 @@
+#include "tests/integration/harness.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "base/log.h"
+#include "base/unix_socket.h"
+
+namespace vsockd::testing {
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/vsockd-it-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  const char* made = ::mkdtemp(buf.data());
+  path_ = made != nullptr ? made : "";
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+}
+
+Subprocess::~Subprocess() {
+  if (pid_ > 0) Stop(SIGKILL, std::chrono::seconds(5));
+}
+
+Status Subprocess::Start(const std::vector<std::string>& argv, const std::string& log_path) {
+  log_path_ = log_path;
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) return ErrnoError("fork");
+  if (pid == 0) {
+    int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log >= 0) {
+      ::dup2(log, STDOUT_FILENO);
+      ::dup2(log, STDERR_FILENO);
+    }
+    int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  pid_ = pid;
+  return OkStatus();
+}
+
+bool Subprocess::Running() {
+  if (pid_ <= 0) return false;
+  int status;
+  pid_t r = ::waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+int Subprocess::Stop(int sig, std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, sig);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_) {
+      pid_ = -1;
+      return status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(pid_, SIGKILL);
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return -1;
+}
+
+std::string Subprocess::Log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string BuiltBinary(const std::string& name) {
+  return std::string(VSOCKD_BINARY_DIR) + "/" + name;
+}
+
+Daemon::Daemon(const TempDir& dir, uint64_t cid, std::vector<std::string> extra)
+    : socket_(dir.File("vhost.sock")),
+      uds_(dir.File("vsock")),
+      log_(dir.File("vsockd.log")),
+      cid_(cid),
+      extra_(std::move(extra)) {}
+
+Daemon::~Daemon() { proc_.Stop(); }
+
+Status Daemon::Start() {
+  std::vector<std::string> argv = {BuiltBinary("src/daemon/vsockd"),
+                                   "--socket",
+                                   socket_,
+                                   "--guest-cid",
+                                   std::to_string(cid_),
+                                   "--uds-path",
+                                   uds_};
+  argv.insert(argv.end(), extra_.begin(), extra_.end());
+  VSOCKD_RETURN_IF_ERROR(proc_.Start(argv, log_));
+  bool up = WaitFor([&] {
+    struct stat st;
+    return ::stat(socket_.c_str(), &st) == 0 && ::stat(uds_.c_str(), &st) == 0;
+  });
+  if (!up) {
+    return MakeError(ETIMEDOUT, "vsockd did not create its sockets; log:\n{}", Log());
+  }
+  return OkStatus();
+}
+
+long Daemon::RssKb() const {
+  std::ifstream in("/proc/" + std::to_string(proc_.pid()) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return -1;
+}
+
+LoopThread::LoopThread() {
+  auto loop = EventLoop::Create();
+  if (!loop.ok()) std::abort();
+  loop_ = std::move(*loop);
+  thread_ = std::thread([this] { loop_->Run(); });
+}
+
+LoopThread::~LoopThread() {
+  loop_->Stop();
+  thread_.join();
+}
+
+bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+std::vector<uint8_t> PatternBytes(size_t len, uint64_t seed) {
+  std::vector<uint8_t> out(len);
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < len; ++i) {
+    // xorshift64*: cheap, and different for every offset so reordering is detected.
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    out[i] = static_cast<uint8_t>((x * 0x2545F4914F6CDD1Dull) >> 56);
+  }
+  return out;
+}
+
+uint64_t Fnv1a(std::span<const uint8_t> data, uint64_t h) {
+  for (uint8_t b : data) {
+    h ^= b;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+Result<std::string> ReadLine(int fd, size_t max) {
+  std::string line;
+  while (line.size() < max) {
+    char c;
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError("read reply line");
+    if (n == 0) return MakeError(ECONNRESET, "EOF before end of line (got '{}')", line);
+    if (c == '\n') return line;
+    line.push_back(c);
+  }
+  return MakeError(EMSGSIZE, "reply line too long");
+}
+
+Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply) {
+  auto fd = ConnectUnix(uds_path);
+  if (!fd.ok()) return fd.take_error();
+  std::string cmd = "CONNECT " + std::to_string(port) + "\n";
+  VSOCKD_RETURN_IF_ERROR(WriteAll(fd->get(), cmd.data(), cmd.size()));
+  auto line = ReadLine(fd->get());
+  if (!line.ok()) return line.take_error();
+  if (reply != nullptr) *reply = *line;
+  if (line->rfind("OK ", 0) != 0) {
+    return MakeError(ECONNREFUSED, "hybrid connect to port {} refused: '{}'", port, *line);
+  }
+  return std::move(*fd);
+}
+
+}  // namespace vsockd::testing

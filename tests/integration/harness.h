@@ -1,0 +1,121 @@
+// Integration-test harness: runs the real vsockd binary as a child process and drives it
+// with vguest (in-process, on its own event-loop thread) and real AF_UNIX peers.
+//
+// Callers: the integration tests in this folder and the benchmark drivers. Threading: each
+// GuestRunner owns a thread running an EventLoop; Call() runs a function there and waits.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/event_loop.h"
+#include "base/fd.h"
+#include "base/result.h"
+
+namespace vsockd::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// A child process with stderr (and stdout) captured to a file.
+class Subprocess {
+ public:
+  Subprocess() = default;
+  ~Subprocess();
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+
+  Status Start(const std::vector<std::string>& argv, const std::string& log_path);
+  // Sends `sig` and waits up to `timeout` for the exit; returns the wait status (-1 if it had
+  // to be killed with SIGKILL).
+  int Stop(int sig = SIGTERM, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  bool Running();
+  pid_t pid() const { return pid_; }
+  std::string Log() const;
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_path_;
+};
+
+// The vsockd daemon under test, on sockets in `dir`.
+class Daemon {
+ public:
+  explicit Daemon(const TempDir& dir, uint64_t cid = 3, std::vector<std::string> extra = {});
+  ~Daemon();
+  Status Start();
+  int Stop() { return proc_.Stop(); }
+  const std::string& socket_path() const { return socket_; }
+  const std::string& uds_path() const { return uds_; }
+  std::string Log() const { return proc_.Log(); }
+  bool Running() { return proc_.Running(); }
+  // Resident set size of the daemon, in KiB (from /proc/PID/status).
+  long RssKb() const;
+  pid_t pid() const { return proc_.pid(); }
+
+ private:
+  std::string socket_, uds_, log_;
+  uint64_t cid_;
+  std::vector<std::string> extra_;
+  Subprocess proc_;
+};
+
+// Path of a binary built next to the tests (VSOCKD_BINARY_DIR is set by CMake).
+std::string BuiltBinary(const std::string& name);
+
+// Runs an EventLoop on its own thread.
+class LoopThread {
+ public:
+  LoopThread();
+  ~LoopThread();
+  EventLoop* loop() { return loop_.get(); }
+  // Runs fn on the loop thread and waits for it.
+  template <typename F>
+  auto Call(F&& fn) -> decltype(fn()) {
+    using R = decltype(fn());
+    std::packaged_task<R()> task(std::forward<F>(fn));
+    auto future = task.get_future();
+    loop_->Post([&task] { task(); });
+    return future.get();
+  }
+
+ private:
+  std::unique_ptr<EventLoop> loop_;
+  std::thread thread_;
+};
+
+// Waits until pred() is true, polling; false on timeout.
+bool WaitFor(const std::function<bool()>& pred,
+             std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+// Deterministic pseudo-random bytes, and a 64-bit FNV-1a checksum.
+std::vector<uint8_t> PatternBytes(size_t len, uint64_t seed);
+uint64_t Fnv1a(std::span<const uint8_t> data, uint64_t h = 0xcbf29ce484222325ull);
+
+// Host side of the hybrid convention: connect to `uds_path`, send "CONNECT <port>\n", read
+// the reply line. On "OK ..." returns the connected stream; else an error carrying the line.
+Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply = nullptr);
+
+// Reads a line (up to '\n', excluded) byte by byte from a blocking fd.
+Result<std::string> ReadLine(int fd, size_t max = 256);
+
+}  // namespace vsockd::testing
