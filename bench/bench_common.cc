@@ -40,10 +40,17 @@ Result<Child> SpawnRole(const std::string& role, const std::string& path, uint32
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, wr.get(), STDOUT_FILENO);
   std::string exe = SelfExe();
-  std::vector<std::string> args = {exe,    "--role",  role,
-                                   "--path", path,    "--port",
-                                   std::to_string(port), "--bytes", std::to_string(total),
-                                   "--write-size", std::to_string(write_size)};
+  std::vector<std::string> args = {exe,
+                                   "--role",
+                                   role,
+                                   "--path",
+                                   path,
+                                   "--port",
+                                   std::to_string(port),
+                                   "--bytes",
+                                   std::to_string(total),
+                                   "--write-size",
+                                   std::to_string(write_size)};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -11,10 +11,10 @@
 //
 // Processes: this one runs the virtual guest (vguest on its own loop thread); vsockd is a
 // child process; the host side of each figure is a child running `vsockd_bench --role ...`.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <sys/stat.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

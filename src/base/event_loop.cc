@@ -159,7 +159,7 @@ void EventLoop::RunOnce(int timeout_ms) {
       continue;
     }
     auto it = entries_.find(token);
-    if (it == entries_.end()) continue;  // removed by an earlier handler of this batch
+    if (it == entries_.end()) continue;         // removed by an earlier handler of this batch
     std::shared_ptr<Entry> entry = it->second;  // keeps the handler alive while it runs
     entry->handler(events_[i].events);
   }

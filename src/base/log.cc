@@ -73,10 +73,10 @@ void LogLine(LogLevel level, std::string_view message) {
     std::lock_guard<std::mutex> lock(g_tag_mu);
     tag = g_tag;
   }
-  std::string line = fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {} [{}] {}\n",
-                                 utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday, utc.tm_hour,
-                                 utc.tm_min, utc.tm_sec, tv.tv_usec / 1000, LevelChar(level), tag,
-                                 message);
+  std::string line =
+      fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z {} [{}] {}\n", utc.tm_year + 1900,
+                  utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec,
+                  tv.tv_usec / 1000, LevelChar(level), tag, message);
   // One write per line: lines from several threads or processes do not interleave.
   ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
   (void)ignored;

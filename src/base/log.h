@@ -45,11 +45,11 @@ class LogRateLimiter {
 
 }  // namespace vsockd
 
-#define VSOCKD_LOG(level, ...)                                   \
-  do {                                                           \
-    if (::vsockd::LogEnabled(level)) {                           \
-      ::vsockd::LogLine(level, ::fmt::format(__VA_ARGS__));      \
-    }                                                            \
+#define VSOCKD_LOG(level, ...)                              \
+  do {                                                      \
+    if (::vsockd::LogEnabled(level)) {                      \
+      ::vsockd::LogLine(level, ::fmt::format(__VA_ARGS__)); \
+    }                                                       \
   } while (0)
 
 #define LOG_DEBUG(...) VSOCKD_LOG(::vsockd::LogLevel::kDebug, __VA_ARGS__)

@@ -47,7 +47,7 @@ template <typename T>
 class [[nodiscard]] Result {
  public:
   // Implicit on purpose: `return value;` and `return MakeError(...);` both read naturally.
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor)
   Result(Error error) : v_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return v_.index() == 0; }
@@ -91,10 +91,10 @@ inline Status OkStatus() { return Status(); }
 }  // namespace vsockd
 
 // Propagates an error from an expression that yields a Status/Result.
-#define VSOCKD_RETURN_IF_ERROR(expr)              \
-  do {                                            \
-    auto vsockd_status_ = (expr);                 \
-    if (!vsockd_status_.ok()) {                   \
-      return vsockd_status_.take_error();         \
-    }                                             \
+#define VSOCKD_RETURN_IF_ERROR(expr)      \
+  do {                                    \
+    auto vsockd_status_ = (expr);         \
+    if (!vsockd_status_.ok()) {           \
+      return vsockd_status_.take_error(); \
+    }                                     \
   } while (0)

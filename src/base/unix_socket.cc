@@ -93,8 +93,7 @@ Status SendWithFds(int sock, const void* data, size_t len, std::span<const int> 
   return OkStatus();
 }
 
-Result<size_t> RecvWithFds(int sock, void* data, size_t len, std::vector<Fd>* fds,
-                           size_t max_fds) {
+Result<size_t> RecvWithFds(int sock, void* data, size_t len, std::vector<Fd>* fds, size_t max_fds) {
   iovec iov{data, len};
   msghdr msg{};
   msg.msg_iov = &iov;

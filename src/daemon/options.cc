@@ -104,15 +104,16 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   std::string log_level = "info";
   uint32_t connect_timeout_ms = static_cast<uint32_t>(o.connect_timeout.count());
 
-  app.add_option("--socket", o.socket_path, "vhost-user socket to listen on (QEMU's chardev path)")
-      ->required()
+  // --socket and --uds-path are required, but checked after parsing: CLI11 reports missing
+  // options before unknown ones, and "--socket is required" is a poor answer to a typo.
+  app.add_option("--socket", o.socket_path,
+                 "vhost-user socket to listen on (QEMU's chardev path), required")
       ->type_name("PATH");
   app.add_option("--guest-cid", cid_text, "guest context ID, 3..4294967294")
       ->type_name("CID")
       ->default_str("3");
   app.add_option("--uds-path", o.uds_path,
-                 "hybrid host socket P (guest -> host port X goes to P_X)")
-      ->required()
+                 "hybrid host socket P (guest -> host port X goes to P_X), required")
       ->type_name("PATH");
   app.add_option("--tx-buffer-size", o.tx_buffer_size,
                  "per-connection buffer for guest data (buf_alloc), 1024..2^30")
@@ -154,6 +155,16 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
     out.exit_code = 2;
     out.output = UsageError(e.what());
     return out;
+  }
+
+  for (const auto& [flag, value] :
+       {std::pair<const char*, const std::string*>{"--socket", &o.socket_path},
+        {"--uds-path", &o.uds_path}}) {
+    if (value->empty()) {
+      out.exit_code = 2;
+      out.output = UsageError(fmt::format("{} is required", flag));
+      return out;
+    }
   }
 
   auto cid = ParseGuestCid(cid_text);

@@ -319,8 +319,7 @@ Status Guest::StopRings() {
   running_ = false;
   for (uint32_t i : {kRxQueue, kTxQueue}) {
     Status st = frontend_->SetVringEnable(i, false);
-    if (!st.ok())
-      return MakeError(st.error().code, "SET_VRING_ENABLE 0: {}", st.error().context);
+    if (!st.ok()) return MakeError(st.error().code, "SET_VRING_ENABLE 0: {}", st.error().context);
   }
   for (uint32_t i : {kRxQueue, kTxQueue}) {
     auto base = frontend_->GetVringBase(i);

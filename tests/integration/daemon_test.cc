@@ -1,12 +1,13 @@
 // Integration tests: the real vsockd process, a virtual guest (vguest, in this process on its
 // own event-loop thread) attached to it over vhost-user, and real AF_UNIX peers on the host.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <poll.h>
 #include <sys/wait.h>
 
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "base/unix_socket.h"
@@ -14,6 +15,8 @@
 #include "tests/integration/guest_util.h"
 #include "tests/integration/harness.h"
 #include "vguest/guest.h"
+#include "virtio/driver_queue.h"
+#include "vsock/packet.h"
 
 namespace vsockd::testing {
 namespace {
@@ -107,9 +110,8 @@ TEST_F(DaemonTest, GuestToHostEcho64MiB) {
 TEST_F(DaemonTest, HostToGuestEcho64MiB) {
   std::vector<std::unique_ptr<StreamEcho>> echoes;
   Status listening = loop_.Call([&] {
-    return guest_->Listen(5000, [&](vguest::Stream* s) {
-      echoes.push_back(std::make_unique<StreamEcho>(s));
-    });
+    return guest_->Listen(
+        5000, [&](vguest::Stream* s) { echoes.push_back(std::make_unique<StreamEcho>(s)); });
   });
   ASSERT_TRUE(listening.ok()) << listening.error().ToString();
   std::string reply;
@@ -173,8 +175,8 @@ TEST_F(DaemonTest, ThousandConcurrentConnections) {
   loop_.Call([&] {
     for (int i = 0; i < kConns; ++i) {
       conns[i].data = PatternBytes(4096 + i, 100 + i);
-      conns[i].driver = std::make_unique<StreamDriver>(conns[i].stream, conns[i].obs,
-                                                       conns[i].data);
+      conns[i].driver =
+          std::make_unique<StreamDriver>(conns[i].stream, conns[i].obs, conns[i].data);
       conns[i].driver->Start();
     }
     return 0;
@@ -357,6 +359,131 @@ TEST_F(DaemonTest, HostPeerClosesMidTransfer) {
   ASSERT_NE(again, nullptr) << "vsockd stopped serving";
   loop_.Call([&] {
     again->Close();
+    s->Close();
+    return 0;
+  });
+}
+
+// A hostile guest: every malformed chain or packet is dropped (the chain still comes back,
+// used len 0) with a log line, and vsockd keeps serving the guest's valid connections.
+TEST_F(DaemonTest, HostileGuestLosesPacketsNotTheDaemon) {
+  EchoServer echo(daemon_->uds_path() + "_8000");
+  ASSERT_TRUE(echo.ok());
+  std::vector<vsock::PacketHeader> replies;
+  std::mutex replies_mu;
+  size_t raw_chains = 0;
+  loop_.Call([&] {
+    guest_->on_rx_packet = [&](const vsock::PacketHeader& h, std::span<const uint8_t>) {
+      std::lock_guard<std::mutex> lock(replies_mu);
+      replies.push_back(h);
+    };
+    auto& q = guest_->raw_tx_queue();
+    auto hdr_buf = guest_->AllocRaw(4096);
+    // 1. A descriptor pointing outside guest memory.
+    virtio::Segment outside[] = {{1ull << 40, 44}};
+    EXPECT_TRUE(q.Add(outside, {}).ok());
+    // 2. A descriptor loop: a two-descriptor chain whose tail points back at its head.
+    virtio::Segment two[] = {{hdr_buf.gpa, 20}, {hdr_buf.gpa + 20, 24}};
+    auto loop_head = q.Add(two, {});
+    EXPECT_TRUE(loop_head.ok());
+    if (loop_head.ok()) {
+      virtio::vring_desc& head = q.raw_desc()[*loop_head];
+      virtio::vring_desc& tail = q.raw_desc()[head.next];
+      tail.flags |= virtio::VRING_DESC_F_NEXT;
+      tail.next = *loop_head;
+    }
+    // 3. A header shorter than 44 bytes.
+    virtio::Segment short_hdr[] = {{hdr_buf.gpa, 20}};
+    EXPECT_TRUE(q.Add(short_hdr, {}).ok());
+    // 4. A device-writable buffer in a tx chain.
+    virtio::Segment in[] = {{hdr_buf.gpa + 1024, 64}};
+    virtio::Segment out[] = {{hdr_buf.gpa + 2048, 44}};
+    EXPECT_TRUE(q.Add(out, in).ok());
+    raw_chains = 4;
+    guest_->KickTx();
+
+    vsock::PacketHeader h;
+    h.src_cid = kCid;
+    h.dst_cid = vsock::VMADDR_CID_HOST;
+    h.src_port = 40000;
+    h.dst_port = 8000;
+    h.type = vsock::VIRTIO_VSOCK_TYPE_STREAM;
+    h.buf_alloc = 65536;
+    // 5. len larger than the payload actually present.
+    h.op = vsock::VIRTIO_VSOCK_OP_RW;
+    h.len = 4096;
+    uint8_t ten[10] = {};
+    guest_->SendRawPacket(h, ten);
+    // 6. A spoofed src_cid asking for a connection: silently dropped.
+    h.src_cid = 99;
+    h.len = 0;
+    h.op = vsock::VIRTIO_VSOCK_OP_REQUEST;
+    h.src_port = 40001;
+    guest_->SendRawPacket(h, {});
+    // 7. An unknown op and an unknown type: answered with RST.
+    h.src_cid = kCid;
+    h.op = 99;
+    h.src_port = 40002;
+    guest_->SendRawPacket(h, {});
+    h.op = vsock::VIRTIO_VSOCK_OP_REQUEST;
+    h.type = 7;
+    h.src_port = 40003;
+    guest_->SendRawPacket(h, {});
+    return 0;
+  });
+
+  // Every hand-built chain came back with used len 0.
+  std::vector<virtio::UsedElem> used;
+  ASSERT_TRUE(WaitFor([&] {
+    auto more = loop_.Call([&] { return guest_->TakeRawTxUsed(); });
+    used.insert(used.end(), more.begin(), more.end());
+    return used.size() >= raw_chains;
+  })) << "only "
+      << used.size() << " of " << raw_chains << " hostile chains were returned";
+  for (const auto& u : used) EXPECT_EQ(u.len, 0u);
+
+  ASSERT_TRUE(WaitFor([&] {
+    std::lock_guard<std::mutex> lock(replies_mu);
+    int rsts = 0;
+    for (const auto& r : replies) {
+      if (r.op == vsock::VIRTIO_VSOCK_OP_RST && (r.dst_port == 40002 || r.dst_port == 40003)) {
+        ++rsts;
+      }
+    }
+    return rsts == 2;
+  })) << "unknown op/type were not answered with RST";
+  {
+    std::lock_guard<std::mutex> lock(replies_mu);
+    for (const auto& r : replies) {
+      EXPECT_NE(r.dst_port, 40001u) << "vsockd answered a spoofed src_cid";
+      EXPECT_EQ(r.dst_cid, kCid);
+    }
+  }
+  EXPECT_EQ(echo.accepted(), 0) << "a spoofed REQUEST reached the host";
+
+  // vsockd still serves this guest.
+  ASSERT_TRUE(daemon_->Running());
+  loop_.Call([&] {
+    guest_->on_rx_packet = nullptr;
+    return 0;
+  });
+  vguest::Stream* s = ConnectToHost(8000);
+  ASSERT_NE(s, nullptr) << daemon_->Log();
+  auto obs = std::make_shared<StreamObserver>();
+  auto data = PatternBytes(256 << 10, 9);
+  std::unique_ptr<StreamDriver> driver;
+  loop_.Call([&] {
+    driver = std::make_unique<StreamDriver>(s, obs, data);
+    driver->Start();
+    return 0;
+  });
+  ASSERT_TRUE(WaitFor([&] { return obs->eof.load(); }));
+  EXPECT_EQ(obs->hash.load(), Fnv1a(data));
+  // And it said what it dropped.
+  std::string log = daemon_->Log();
+  EXPECT_NE(log.find(" W [vsockd]"), std::string::npos) << log;
+  EXPECT_EQ(loop_.Call([&] { return guest_->stats().rx_len_mismatch; }), 0u);
+  loop_.Call([&] {
     s->Close();
     return 0;
   });

@@ -56,12 +56,26 @@ TEST(QemuTest, QemuCompletesHandshakeThroughGetConfig) {
 
   std::string qmp_path = dir.File("qmp.sock");
   Subprocess qemu;
-  ASSERT_TRUE(qemu.Start({"/usr/bin/env", "qemu-system-x86_64", "-S", "-machine",
-                          "q35,memory-backend=mem", "-accel", "tcg", "-object",
-                          "memory-backend-memfd,id=mem,size=64M,share=on", "-m", "64M",
-                          "-nodefaults", "-no-user-config", "-display", "none", "-chardev",
-                          "socket,id=vu0,path=" + daemon.socket_path(), "-device",
-                          "vhost-user-vsock-pci,chardev=vu0,id=vsock0", "-qmp",
+  ASSERT_TRUE(qemu.Start({"/usr/bin/env",
+                          "qemu-system-x86_64",
+                          "-S",
+                          "-machine",
+                          "q35,memory-backend=mem",
+                          "-accel",
+                          "tcg",
+                          "-object",
+                          "memory-backend-memfd,id=mem,size=64M,share=on",
+                          "-m",
+                          "64M",
+                          "-nodefaults",
+                          "-no-user-config",
+                          "-display",
+                          "none",
+                          "-chardev",
+                          "socket,id=vu0,path=" + daemon.socket_path(),
+                          "-device",
+                          "vhost-user-vsock-pci,chardev=vu0,id=vsock0",
+                          "-qmp",
                           "unix:" + qmp_path + ",server=on,wait=off"},
                          dir.File("qemu.log"))
                   .ok());
