@@ -44,6 +44,8 @@ struct Options {
   double conn_seconds = 2.0;
   std::string json_path = "bench-results.json";
   std::string vsockd_args;
+  // Runs only the figures whose name contains this (for profiling one path); empty: all.
+  std::string only;
 };
 
 bool WaitForPath(const std::string& path) {
@@ -311,24 +313,34 @@ int RunBench(const Options& o) {
       {"round trip 64 B p99", "us", true, {}, {}},
       {"connections per second", "conn/s", false, {}, {}},
   };
+  auto wanted = [&](size_t i) { return figs[i].name.find(o.only) != std::string::npos; };
   for (int round = 0; round < o.rounds; ++round) {
     std::fprintf(stderr, "round %d/%d\n", round + 1, o.rounds);
     for (int i = 0; i < 2; ++i) {
       size_t ws = i == 0 ? 4096 : 65536;
+      if (!wanted(i) && !wanted(2 + i)) continue;
       double raw = Must(RawUnixThroughput(o.bytes, ws), "raw throughput").gbps();
       figs[i].raw.push_back(raw);
       figs[2 + i].raw.push_back(raw);  // AF_UNIX is symmetric: one baseline per size
-      figs[i].vsock.push_back(Must(rig.GuestToHost(o.bytes, ws), "guest->host").gbps());
-      figs[2 + i].vsock.push_back(Must(rig.HostToGuest(o.bytes, ws), "host->guest").gbps());
+      if (wanted(i)) {
+        figs[i].vsock.push_back(Must(rig.GuestToHost(o.bytes, ws), "guest->host").gbps());
+      }
+      if (wanted(2 + i)) {
+        figs[2 + i].vsock.push_back(Must(rig.HostToGuest(o.bytes, ws), "host->guest").gbps());
+      }
     }
-    auto raw_rtt = Must(RawUnixRoundTrip(64, o.rtt_count), "raw round trip");
-    auto rtt = Must(rig.RoundTrip(64, o.rtt_count), "round trip");
-    figs[4].raw.push_back(raw_rtt.p50_us);
-    figs[4].vsock.push_back(rtt.p50_us);
-    figs[5].raw.push_back(raw_rtt.p99_us);
-    figs[5].vsock.push_back(rtt.p99_us);
-    figs[6].raw.push_back(Must(RawUnixConnectRate(o.conn_seconds), "raw connect rate"));
-    figs[6].vsock.push_back(Must(rig.ConnectRate(o.conn_seconds), "connect rate"));
+    if (wanted(4) || wanted(5)) {
+      auto raw_rtt = Must(RawUnixRoundTrip(64, o.rtt_count), "raw round trip");
+      auto rtt = Must(rig.RoundTrip(64, o.rtt_count), "round trip");
+      figs[4].raw.push_back(raw_rtt.p50_us);
+      figs[4].vsock.push_back(rtt.p50_us);
+      figs[5].raw.push_back(raw_rtt.p99_us);
+      figs[5].vsock.push_back(rtt.p99_us);
+    }
+    if (wanted(6)) {
+      figs[6].raw.push_back(Must(RawUnixConnectRate(o.conn_seconds), "raw connect rate"));
+      figs[6].vsock.push_back(Must(rig.ConnectRate(o.conn_seconds), "connect rate"));
+    }
   }
 
   std::printf("\nvsockd + vguest vs raw AF_UNIX (median of %d rounds, %lu MiB per transfer)\n\n",
@@ -337,21 +349,25 @@ int RunBench(const Options& o) {
   std::printf("|%s|%s|%s|%s|\n", std::string(42, '-').c_str(), std::string(14, '-').c_str(),
               std::string(14, '-').c_str(), std::string(9, '-').c_str());
   std::string json = "{\n  \"unit_note\": \"ratio = vsockd / raw AF_UNIX\",\n  \"figures\": [\n";
+  bool first = true;
   for (size_t i = 0; i < figs.size(); ++i) {
     const Figure& f = figs[i];
+    if (f.vsock.empty()) continue;  // not run (--only)
     double v = Median(f.vsock), r = Median(f.raw);
     double ratio = r > 0 ? v / r : 0;
     std::printf("| %-40s | %8.2f %-3s | %8.2f %-3s | %6.2fx |\n", f.name.c_str(), v,
                 f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), r,
                 f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), ratio);
+    if (!first) json += ",\n";
+    first = false;
     json += fmt::format(
         "    {{\"name\": \"{}\", \"unit\": \"{}\", \"vsockd\": {:.4f}, \"raw_af_unix\": {:.4f}, "
         "\"ratio\": {:.4f}, \"lower_is_better\": {}, \"vsockd_runs\": [{}], \"raw_runs\": "
-        "[{}]}}{}\n",
+        "[{}]}}",
         f.name, f.unit, v, r, ratio, f.lower_is_better, fmt::join(f.vsock, ", "),
-        fmt::join(f.raw, ", "), i + 1 < figs.size() ? "," : "");
+        fmt::join(f.raw, ", "));
   }
-  json += "  ]\n}\n";
+  json += "\n  ]\n}\n";
   std::ofstream(o.json_path) << json;
   std::printf("\nJSON: %s\n", o.json_path.c_str());
   return 0;
@@ -372,6 +388,7 @@ int main(int argc, char** argv) {
   app.add_option("--rtt-count", o.rtt_count, "round trips per latency measurement");
   app.add_option("--conn-seconds", o.conn_seconds, "seconds per connection-rate measurement");
   app.add_option("--vsockd-args", o.vsockd_args, "extra vsockd flags, space separated");
+  app.add_option("--only", o.only, "run only the figures whose name contains this text");
   // Internal: the host-side roles run in child processes.
   app.add_option("--role", role)->group("");
   app.add_option("--path", path)->group("");

@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [--test]   (--test adds QEMU and clang for the tests/fuzzers)
 set -euo pipefail
 
-pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev)
+pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(qemu-system-x86 clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14)
 fi

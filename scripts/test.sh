@@ -3,7 +3,7 @@
 #   1. a RelWithDebInfo build and all its tests (unit, integration, QEMU handshake);
 #   2. an ASan+UBSan build and all its tests;
 #   3. the libFuzzer targets (clang), each for a short smoke run;
-#   4. a clang-format check of the tree.
+#   4. clang-format and clang-tidy over the tree (scripts/lint.sh).
 # Usage: scripts/test.sh [--quick]   (--quick: only step 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +52,5 @@ for f in $fuzzers; do
 done
 echo "fuzz: $passed passed, 0 failed"
 
-step "clang-format check"
-files=$(git ls-files '*.h' '*.cc')
-clang-format-14 --dry-run -Werror $files
-echo "clang-format: clean"
+step "lint (clang-format, clang-tidy)"
+scripts/lint.sh

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
+#include <system_error>
 
 #include "base/log.h"
 #include "host/device_connector.h"
@@ -90,6 +92,17 @@ Status Daemon::Init(bool handle_signals) {
   host_options.uds_path = options_.uds_path;
   host_options.ok_reply = options_.ok_reply;
   host_options.host_connect_timeout = options_.connect_timeout;
+  if (!options_.run_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options_.run_dir, ec);
+    if (ec) {
+      return MakeError(ec.value(), "run directory (--run-dir) '{}': {}", options_.run_dir,
+                       ec.message());
+    }
+    host_options.listen_paths.push_back(
+        fmt::format("{}/cid_{}", options_.run_dir, options_.guest_cid));
+    host_options.host_path_prefixes.push_back(options_.run_dir + "/host_");
+  }
   host_ = std::make_unique<host::UnixBackend>(loop_.get(), connector_.get(), host_options);
 
   vsock::DeviceOptions device_options;
@@ -103,18 +116,29 @@ Status Daemon::Init(bool handle_signals) {
   vhost_ = std::make_unique<vhost_user::Backend>(loop_.get(), device_view_.get());
 
   if (Status s = host_->Start(); !s.ok()) {
-    return MakeError(s.error().code, "hybrid socket (--uds-path): {}", s.error().ToString());
+    return MakeError(s.error().code, "hybrid socket (--uds-path / --run-dir): {}",
+                     s.error().ToString());
   }
   if (Status s = vhost_->Listen(options_.socket_path); !s.ok()) {
     return MakeError(s.error().code, "vhost-user socket (--socket): {}", s.error().ToString());
   }
   socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
 
-  LOG_INFO(
-      "{} serving guest CID {}: vhost-user socket '{}', hybrid socket '{}' "
-      "(guest -> host port X: '{}_X'), buf_alloc {}, max queue size {}",
-      VersionString(), options_.guest_cid, options_.socket_path, options_.uds_path,
-      options_.uds_path, options_.tx_buffer_size, options_.queue_size);
+  std::string host_side;
+  if (!options_.uds_path.empty()) {
+    host_side = fmt::format("hybrid socket '{}' (guest -> host port X: '{}_X')", options_.uds_path,
+                            options_.uds_path);
+  }
+  if (!options_.run_dir.empty()) {
+    host_side += fmt::format(
+        "{}run dir '{}' (host -> guest: 'cid_{}', guest -> host port X: "
+        "'host_X'{})",
+        host_side.empty() ? "" : ", ", options_.run_dir, options_.guest_cid,
+        options_.uds_path.empty() ? "" : " if the hybrid path is missing");
+  }
+  LOG_INFO("{} serving guest CID {}: vhost-user socket '{}', {}, buf_alloc {}, max queue size {}",
+           VersionString(), options_.guest_cid, options_.socket_path, host_side,
+           options_.tx_buffer_size, options_.queue_size);
   return OkStatus();
 }
 

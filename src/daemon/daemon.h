@@ -8,9 +8,10 @@
 // running); Run() runs the loop on the calling thread until Stop(); Stop() from any thread or
 // from a signal handler.
 //
-// Lifetime of the sockets: Create() listens on options.socket_path (vhost-user) and
-// options.uds_path (hybrid), replacing stale socket files; the destructor removes both files
-// if they are still the ones it created.
+// Lifetime of the sockets: Create() listens on options.socket_path (vhost-user),
+// options.uds_path (hybrid, when set) and "<options.run_dir>/cid_<CID>" (when run_dir is set;
+// the directory is created if missing), replacing stale socket files; the destructor removes
+// the files that are still the ones it created.
 #pragma once
 
 #include <sys/types.h>

@@ -82,6 +82,38 @@ TEST_F(DaemonTest, ServesBothSocketsAndRemovesThemOnExit) {
   EXPECT_FALSE(Exists(options_.uds_path));
 }
 
+TEST_F(DaemonTest, RunDirAloneServesCidSocketAndCreatesTheDirectory) {
+  options_.uds_path.clear();
+  options_.run_dir = dir_ + "/run/nested";
+  options_.guest_cid = 42;
+  auto d = Daemon::Create(options_);
+  ASSERT_TRUE(d.ok()) << d.error().ToString();
+  std::string cid_path = options_.run_dir + "/cid_42";
+  EXPECT_TRUE(Exists(cid_path));
+  std::thread runner([&] { (*d)->Run(); });
+  // Same CONNECT/OK protocol as the hybrid socket: no guest here, so an ERR line.
+  auto client = ConnectUnix(cid_path);
+  ASSERT_TRUE(client.ok()) << client.error().ToString();
+  timeval tv{10, 0};
+  ::setsockopt(client->get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ASSERT_EQ(::send(client->get(), "CONNECT 1024\n", 13, MSG_NOSIGNAL), 13);
+  std::string reply = ReadAll(*client);
+  EXPECT_EQ(reply.rfind("ERR ", 0), 0u) << reply;
+  (*d)->Stop();
+  runner.join();
+  d->reset();
+  EXPECT_FALSE(Exists(cid_path));
+}
+
+TEST_F(DaemonTest, RunDirThatCannotBeCreatedFails) {
+  std::string file = dir_ + "/a-file";
+  ASSERT_TRUE(ListenUnix(file).ok());  // a socket file where the directory should go
+  options_.run_dir = file + "/run";
+  auto d = Daemon::Create(options_);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.error().ToString().find("--run-dir"), std::string::npos) << d.error().ToString();
+}
+
 TEST_F(DaemonTest, RejectsReservedCid) {
   options_.guest_cid = 2;
   auto d = Daemon::Create(options_);

@@ -22,6 +22,11 @@ constexpr const char* kDescription =
     "  Hypervisor) or the guest port (--ok-reply guest-port, as vhost-device-vsock).\n"
     "--tx-buffer-size is how much guest data may wait per connection for a slow host reader\n"
     "(advertised to the guest as buf_alloc; default 256 KiB, vhost-device-vsock's is 64 KiB).\n"
+    "--run-dir DIR (optional) lets host programs reach this VM by CID, as with AF_VSOCK (see\n"
+    "the LD_PRELOAD shim libvsock_preload.so): vsockd also listens on DIR/cid_<guest-cid>\n"
+    "(same CONNECT/OK protocol), and guest -> host port X goes to <uds-path>_X if that path\n"
+    "exists, else to DIR/host_X (shared by every VM). One of --uds-path and --run-dir is\n"
+    "required.\n"
     "--connect-timeout-ms bounds a host -> guest connect waiting for the guest's answer and a\n"
     "guest -> host connect retrying a listener whose backlog is full.";
 
@@ -113,8 +118,11 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
       ->type_name("CID")
       ->default_str("3");
   app.add_option("--uds-path", o.uds_path,
-                 "hybrid host socket P (guest -> host port X goes to P_X), required")
+                 "hybrid host socket P (guest -> host port X goes to P_X)")
       ->type_name("PATH");
+  app.add_option("--run-dir", o.run_dir,
+                 "run directory: listen on DIR/cid_<CID>, guest -> host fallback DIR/host_X")
+      ->type_name("DIR");
   app.add_option("--tx-buffer-size", o.tx_buffer_size,
                  "per-connection buffer for guest data (buf_alloc), 1024..2^30")
       ->type_name("BYTES")
@@ -157,15 +165,17 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
     return out;
   }
 
-  for (const auto& [flag, value] :
-       {std::pair<const char*, const std::string*>{"--socket", &o.socket_path},
-        {"--uds-path", &o.uds_path}}) {
-    if (value->empty()) {
-      out.exit_code = 2;
-      out.output = UsageError(fmt::format("{} is required", flag));
-      return out;
-    }
+  if (o.socket_path.empty()) {
+    out.exit_code = 2;
+    out.output = UsageError("--socket is required");
+    return out;
   }
+  if (o.uds_path.empty() && o.run_dir.empty()) {
+    out.exit_code = 2;
+    out.output = UsageError("--uds-path is required (or --run-dir)");
+    return out;
+  }
+  while (o.run_dir.size() > 1 && o.run_dir.back() == '/') o.run_dir.pop_back();
 
   auto cid = ParseGuestCid(cid_text);
   if (!cid.ok()) {

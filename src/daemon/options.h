@@ -22,7 +22,13 @@ namespace vsockd::daemon {
 struct Options {
   std::string socket_path;  // vhost-user socket we listen on (QEMU's chardev path)
   uint64_t guest_cid = 3;
-  std::string uds_path;  // hybrid host socket P (P_<port> for guest -> host)
+  std::string uds_path;  // hybrid host socket P (P_<port> for guest -> host); may be empty
+  // with run_dir set.
+  // Run directory shared with other vsockd instances and the AF_VSOCK shim (src/preload):
+  // vsockd listens on "<run_dir>/cid_<guest_cid>" (same CONNECT/OK protocol as uds_path) and
+  // a guest connect to host port X goes to "<run_dir>/host_X" when "<uds_path>_X" does not
+  // exist (or uds_path is not set). Empty: off. Stored without trailing '/'.
+  std::string run_dir;
   // Per-connection receive buffer, advertised to the guest as buf_alloc: how much guest data
   // may wait for a slow host reader. vhost-device-vsock's flag of the same name defaults to
   // 64 KiB; we default to 256 KiB, which keeps a 64 KiB-write stream from stalling on credit.

@@ -116,13 +116,38 @@ TEST(DaemonOptionsTest, MissingRequiredPaths) {
   EXPECT_EQ(out.exit_code, 2);
 }
 
+TEST(DaemonOptionsTest, RunDirIsOptionalAndOffByDefault) {
+  ParseOutcome out = ParseWithRequired({});
+  ASSERT_TRUE(out.run) << out.output;
+  EXPECT_EQ(out.options.run_dir, "");
+  out = ParseWithRequired({"--run-dir", "/run/vsockd/"});
+  ASSERT_TRUE(out.run) << out.output;
+  EXPECT_EQ(out.options.run_dir, "/run/vsockd") << "trailing '/' dropped";
+  EXPECT_EQ(out.options.uds_path, "/run/vm3.vsock");
+}
+
+TEST(DaemonOptionsTest, RunDirReplacesUdsPath) {
+  ParseOutcome out = Parse({"--socket", "/a", "--run-dir", "/run/vsockd"});
+  ASSERT_TRUE(out.run) << out.output;
+  EXPECT_EQ(out.options.uds_path, "");
+  EXPECT_EQ(out.options.run_dir, "/run/vsockd");
+  out = Parse({"--socket", "/a"});
+  EXPECT_FALSE(out.run);
+  EXPECT_EQ(out.exit_code, 2);
+  EXPECT_NE(out.output.find("--run-dir"), std::string::npos) << out.output;
+  out = Parse({"--uds-path", "/u", "--run-dir", "/r"});
+  EXPECT_FALSE(out.run);
+  EXPECT_NE(out.output.find("--socket"), std::string::npos) << out.output;
+}
+
 TEST(DaemonOptionsTest, HelpAndVersionExit0) {
   ParseOutcome help = Parse({"--help"});
   EXPECT_FALSE(help.run);
   EXPECT_EQ(help.exit_code, 0);
   for (const char* text :
        {"--guest-cid", "--socket", "--uds-path", "--tx-buffer-size", "--queue-size", "--ok-reply",
-        "--connect-timeout-ms", "--log-level", "vhost-user-vsock-pci", "CONNECT"}) {
+        "--connect-timeout-ms", "--log-level", "vhost-user-vsock-pci", "CONNECT", "--run-dir",
+        "cid_<guest-cid>", "host_X"}) {
     EXPECT_NE(help.output.find(text), std::string::npos) << text;
   }
   ParseOutcome version = Parse({"--version"});

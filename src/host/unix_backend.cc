@@ -2,6 +2,8 @@
 
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 
 #include "base/log.h"
 #include "base/unix_socket.h"
+#include "host/caller_name.h"
 #include "host/connect_command.h"
 
 namespace vsockd::host {
@@ -31,15 +34,44 @@ constexpr size_t kCommandReadChunk = 256;
 // reads a clean EOF after it rather than ECONNRESET.
 constexpr size_t kMaxDrainBytes = 64 * 1024;
 
-// One guest -> host connect: a non-blocking connect to "P_<port>", retried while the
-// listener's backlog is full. The result is always delivered from a loop timer, never from
-// inside ConnectToHost; destroying the op cancels the timer, so `done` is then never called.
+// A non-blocking AF_UNIX stream connect to `path`, our end first bound to the abstract name
+// `caller` (when not empty). A taken name is not an error: we then connect unbound.
+Result<Fd> ConnectAsCaller(const std::string& path, const std::string& caller) {
+  sockaddr_un addr;
+  auto len = MakeUnixAddress(path, &addr);
+  if (!len.ok()) return len.take_error();
+  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return ErrnoError("socket(AF_UNIX)");
+  if (!caller.empty()) {
+    sockaddr_un local{};
+    local.sun_family = AF_UNIX;
+    size_t n = std::min(caller.size(), sizeof local.sun_path - 1);
+    std::memcpy(local.sun_path + 1, caller.data(), n);  // sun_path[0] = 0: abstract
+    auto local_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + n);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&local), local_len) < 0) {
+      LOG_DEBUG("hybrid: cannot bind caller name '{}' ({}); connecting unbound", caller,
+                std::strerror(errno));
+    }
+  }
+  int rc;
+  do {
+    rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), *len);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) return ErrnoError("connect '{}'", path);
+  return fd;
+}
+
+// One guest -> host connect: a non-blocking connect to the first candidate path that exists
+// ("P_<port>", then the prefixes), retried while the listener's backlog is full. The result
+// is always delivered from a loop timer, never from inside ConnectToHost; destroying the op
+// cancels the timer, so `done` is then never called.
 class HostConnectOp : public vsock::PendingConnect {
  public:
-  HostConnectOp(EventLoop* loop, std::string path, uint32_t port,
+  HostConnectOp(EventLoop* loop, std::vector<std::string> paths, std::string caller, uint32_t port,
                 EventLoop::Clock::time_point deadline, vsock::HostBackend::ConnectDone done)
       : loop_(loop),
-        path_(std::move(path)),
+        paths_(std::move(paths)),
+        caller_(std::move(caller)),
         port_(port),
         deadline_(deadline),
         done_(std::move(done)) {}
@@ -57,11 +89,21 @@ class HostConnectOp : public vsock::PendingConnect {
 
  private:
   void Attempt() {
-    auto fd = ConnectUnix(path_, /*nonblocking=*/true);
+    if (paths_.empty()) {
+      Finish(MakeError(ENOENT, "host port {}: no host socket path configured", port_));
+      return;
+    }
+    auto fd = ConnectAsCaller(paths_[index_], caller_);
+    // The next candidate only when this one does not exist at all.
+    while (!fd.ok() && fd.error().code == ENOENT && index_ + 1 < paths_.size()) {
+      ++index_;
+      fd = ConnectAsCaller(paths_[index_], caller_);
+    }
     if (fd.ok()) {
       Finish(vsock::HostStream{std::move(*fd), {}});
       return;
     }
+    const std::string& path = paths_[index_];
     int code = fd.error().code;
     if (code == EAGAIN || code == EWOULDBLOCK) {
       auto now = EventLoop::Clock::now();
@@ -72,7 +114,7 @@ class HostConnectOp : public vsock::PendingConnect {
         return;
       }
       Finish(
-          MakeError(ETIMEDOUT, "host port {}: listener '{}' kept its backlog full", port_, path_));
+          MakeError(ETIMEDOUT, "host port {}: listener '{}' kept its backlog full", port_, path));
       return;
     }
     Finish(Error{code, fmt::format("host port {}: {}", port_, fd.error().context)});
@@ -85,7 +127,9 @@ class HostConnectOp : public vsock::PendingConnect {
   }
 
   EventLoop* loop_;
-  std::string path_;
+  std::vector<std::string> paths_;
+  size_t index_ = 0;  // the candidate being tried
+  std::string caller_;
   uint32_t port_;
   EventLoop::Clock::time_point deadline_;
   vsock::HostBackend::ConnectDone done_;
@@ -137,45 +181,83 @@ struct UnixBackend::Client {
 };
 
 UnixBackend::UnixBackend(EventLoop* loop, GuestConnector* connector, UnixBackendOptions options)
-    : loop_(loop), connector_(connector), options_(std::move(options)) {}
+    : loop_(loop), connector_(connector), options_(std::move(options)) {
+  instance_id_ = options_.instance_id;
+  if (instance_id_.empty()) {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns =
+        static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+    instance_id_ = fmt::format("{}.{:x}", ::getpid(), ns);
+  }
+}
 
 UnixBackend::~UnixBackend() { Shutdown(); }
 
 std::string UnixBackend::HostPortPath(uint32_t port) const {
-  return fmt::format("{}_{}", options_.uds_path, port);
+  std::vector<std::string> paths = HostPortPaths(port);
+  return paths.empty() ? std::string() : paths.front();
+}
+
+std::vector<std::string> UnixBackend::HostPortPaths(uint32_t port) const {
+  std::vector<std::string> paths;
+  if (!options_.uds_path.empty()) paths.push_back(fmt::format("{}_{}", options_.uds_path, port));
+  for (const auto& prefix : options_.host_path_prefixes) {
+    paths.push_back(fmt::format("{}{}", prefix, port));
+  }
+  return paths;
+}
+
+std::string UnixBackend::CallerNameFor(const vsock::ConnectionInfo& info) const {
+  return FormatCallerName(instance_id_, info.guest_cid, info.guest_port, info.host_port);
 }
 
 Status UnixBackend::Start() {
-  if (listen_fd_)
-    return MakeError(EALREADY, "hybrid socket '{}' already listening", options_.uds_path);
-  auto fd = ListenUnix(options_.uds_path, options_.listen_backlog, /*nonblocking=*/true);
-  if (!fd.ok()) return fd.take_error();
-  FileIdentity(options_.uds_path, &listen_dev_, &listen_ino_);
-  int raw = fd->get();
-  if (Status added = loop_->Add(raw, EPOLLIN, [this](uint32_t) { OnListenReadable(); });
-      !added.ok()) {
-    ::unlink(options_.uds_path.c_str());
-    return added;
+  if (!listeners_.empty()) return MakeError(EALREADY, "hybrid backend already listening");
+  std::vector<std::string> paths;
+  if (!options_.uds_path.empty()) paths.push_back(options_.uds_path);
+  paths.insert(paths.end(), options_.listen_paths.begin(), options_.listen_paths.end());
+  for (const auto& path : paths) {
+    auto fd = ListenUnix(path, options_.listen_backlog, /*nonblocking=*/true);
+    if (!fd.ok()) {
+      Shutdown();
+      return MakeError(fd.error().code, "{}", fd.error().ToString());
+    }
+    auto listener = std::make_unique<Listener>();
+    listener->path = path;
+    listener->has_identity = FileIdentity(path, &listener->dev, &listener->ino);
+    Listener* l = listener.get();
+    if (Status added = loop_->Add(fd->get(), EPOLLIN, [this, l](uint32_t) { OnListenReadable(l); });
+        !added.ok()) {
+      ::unlink(path.c_str());
+      Shutdown();
+      return added;
+    }
+    listener->fd = std::move(*fd);
+    listeners_.push_back(std::move(listener));
+    LOG_DEBUG("hybrid: listening on '{}'", path);
   }
-  listen_fd_ = std::move(*fd);
-  LOG_DEBUG("hybrid: listening on '{}'", options_.uds_path);
   return OkStatus();
 }
 
 void UnixBackend::Shutdown() {
-  if (accept_resume_timer_ != 0) {
-    loop_->CancelTimer(accept_resume_timer_);
-    accept_resume_timer_ = 0;
-  }
-  if (listen_fd_) {
-    loop_->Remove(listen_fd_.get());
-    listen_fd_.Reset();
-    dev_t dev;
-    ino_t ino;
-    if (FileIdentity(options_.uds_path, &dev, &ino) && dev == listen_dev_ && ino == listen_ino_) {
-      ::unlink(options_.uds_path.c_str());
+  for (auto& listener : listeners_) {
+    if (listener->accept_resume_timer != 0) {
+      loop_->CancelTimer(listener->accept_resume_timer);
+      listener->accept_resume_timer = 0;
+    }
+    if (listener->fd) {
+      loop_->Remove(listener->fd.get());
+      listener->fd.Reset();
+      dev_t dev;
+      ino_t ino;
+      if (listener->has_identity && FileIdentity(listener->path, &dev, &ino) &&
+          dev == listener->dev && ino == listener->ino) {
+        ::unlink(listener->path.c_str());
+      }
     }
   }
+  listeners_.clear();
   std::vector<uint64_t> ids;
   ids.reserve(clients_.size());
   for (const auto& [id, client] : clients_) ids.push_back(id);
@@ -184,27 +266,28 @@ void UnixBackend::Shutdown() {
 
 std::unique_ptr<vsock::PendingConnect> UnixBackend::ConnectToHost(const vsock::ConnectionInfo& info,
                                                                   ConnectDone done) {
-  auto op = std::make_unique<HostConnectOp>(loop_, HostPortPath(info.host_port), info.host_port,
-                                            EventLoop::Clock::now() + options_.host_connect_timeout,
-                                            std::move(done));
+  auto op = std::make_unique<HostConnectOp>(
+      loop_, HostPortPaths(info.host_port),
+      options_.bind_caller_name ? CallerNameFor(info) : std::string(), info.host_port,
+      EventLoop::Clock::now() + options_.host_connect_timeout, std::move(done));
   op->Schedule(milliseconds(0));
   return op;
 }
 
-void UnixBackend::OnListenReadable() {
+void UnixBackend::OnListenReadable(Listener* listener) {
   for (int i = 0; i < kMaxAcceptsPerEvent; ++i) {
-    int raw = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int raw = ::accept4(listener->fd.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (raw < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       LOG_RATELIMITED(LogLevel::kWarn, "hybrid: accept on '{}': {}; pausing accepts",
-                      options_.uds_path, std::strerror(errno));
-      if (!accept_paused_ && loop_->Modify(listen_fd_.get(), 0).ok()) {
-        accept_paused_ = true;
-        accept_resume_timer_ = loop_->AddTimer(kAcceptPause, [this] {
-          accept_resume_timer_ = 0;
-          accept_paused_ = false;
-          if (listen_fd_) (void)loop_->Modify(listen_fd_.get(), EPOLLIN);
+                      listener->path, std::strerror(errno));
+      if (!listener->accept_paused && loop_->Modify(listener->fd.get(), 0).ok()) {
+        listener->accept_paused = true;
+        listener->accept_resume_timer = loop_->AddTimer(kAcceptPause, [this, listener] {
+          listener->accept_resume_timer = 0;
+          listener->accept_paused = false;
+          if (listener->fd) (void)loop_->Modify(listener->fd.get(), EPOLLIN);
         });
       }
       return;

@@ -23,6 +23,22 @@
 //    it are not lost (they become HostStream::prefix, sent to the guest first); bytes sent
 //    later, before "OK" came back, simply wait in the socket.
 //
+// Extensions (all optional; with only uds_path set the behaviour is exactly the above):
+//  - More host -> guest listeners (listen_paths), each speaking the same CONNECT/OK protocol
+//    as P. vsockd --run-dir DIR adds "DIR/cid_<guest CID>" so host programs (the AF_VSOCK shim)
+//    find a VM by its CID.
+//  - More guest -> host candidates (host_path_prefixes): a connect to host port X tries, in
+//    order, "P_X" (when uds_path is set) and then prefix + X for each prefix; it moves on to
+//    the next candidate only when a path does not exist (ENOENT). Any other failure (e.g.
+//    ECONNREFUSED from a stale socket file) is final. vsockd --run-dir DIR adds the prefix
+//    "DIR/host_", a listener shared by every VM (what the shim's bind+listen creates).
+//  - Caller names: before connecting, our end of the AF_UNIX socket is bound to the abstract
+//    name "\0vsockd/<instance>/<guest-cid>/<guest-port>/<host-port>" (see caller_name.h), so
+//    the host side learns who calls with getpeername(). <instance> ("<pid>.<start time in ns,
+//    hex>") keeps several vsockd processes apart. If the name is taken (EADDRINUSE: a previous
+//    connection with the same four numbers still open) we connect unbound, logged at debug:
+//    a name collision never fails a connect.
+//
 // Callers: vsock::Device calls ConnectToHost(); the daemon creates the backend, calls
 // Start() to listen on P, and passes a GuestConnector (DeviceGuestConnector in production, a
 // fake in tests) through which host-initiated connects reach the device.
@@ -38,6 +54,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "base/event_loop.h"
 #include "base/fd.h"
@@ -53,7 +70,16 @@ enum class OkReply {
 };
 
 struct UnixBackendOptions {
-  std::string uds_path;  // P
+  std::string uds_path;  // P; may be empty when listen_paths or host_path_prefixes are set
+  // Further host -> guest listeners with the CONNECT/OK protocol (e.g. "<run-dir>/cid_3").
+  std::vector<std::string> listen_paths;
+  // Guest -> host port X: after "P_X", try prefix + X for each of these (e.g.
+  // "<run-dir>/host_"), moving on only when the path does not exist.
+  std::vector<std::string> host_path_prefixes;
+  // Bind guest -> host connects to their caller name (caller_name.h).
+  bool bind_caller_name = true;
+  // The <instance> part of caller names; empty: "<pid>.<CLOCK_REALTIME ns, hex>" at construction.
+  std::string instance_id;
   OkReply ok_reply = OkReply::kHostPort;
   // Guest -> host: how long to keep retrying a connect to a listener whose backlog is full.
   std::chrono::milliseconds host_connect_timeout{2000};
@@ -89,11 +115,12 @@ class UnixBackend : public vsock::HostBackend {
   UnixBackend(const UnixBackend&) = delete;
   UnixBackend& operator=(const UnixBackend&) = delete;
 
-  // Listens on options.uds_path (replacing a stale socket file). Host -> guest connects are
-  // refused by the kernel until this is called; guest -> host connects work without it.
+  // Listens on options.uds_path and every options.listen_paths entry (replacing stale socket
+  // files). Host -> guest connects are refused by the kernel until this is called; guest ->
+  // host connects work without it. On failure nothing stays listening.
   Status Start();
   // Stops listening, closes every client still in its handshake (cancelling its connect) and
-  // removes the socket file if it is still the one we created. Idempotent; the destructor
+  // removes the socket files that are still the ones we created. Idempotent; the destructor
   // calls it.
   void Shutdown();
 
@@ -102,14 +129,29 @@ class UnixBackend : public vsock::HostBackend {
                                                        ConnectDone done) override;
 
   const UnixBackendOptions& options() const { return options_; }
-  // The path "P_<port>" a guest connect to `port` goes to.
+  // The first path a guest connect to `port` tries ("P_<port>" when uds_path is set).
   std::string HostPortPath(uint32_t port) const;
+  // Every path a guest connect to `port` tries, in order.
+  std::vector<std::string> HostPortPaths(uint32_t port) const;
+  // The abstract name (without its NUL) a guest -> host connect binds to.
+  std::string CallerNameFor(const vsock::ConnectionInfo& info) const;
+  const std::string& instance_id() const { return instance_id_; }
   // Clients currently in their handshake (reading the command or waiting for the guest).
   size_t handshakes() const { return clients_.size(); }
 
  private:
   struct Client;
-  void OnListenReadable();
+  struct Listener {
+    std::string path;
+    Fd fd;
+    // Identity of the socket file we created, so Shutdown() never unlinks a successor's.
+    dev_t dev = 0;
+    ino_t ino = 0;
+    bool has_identity = false;
+    bool accept_paused = false;
+    EventLoop::TimerId accept_resume_timer = 0;
+  };
+  void OnListenReadable(Listener* listener);
   void OnClientEvent(uint64_t id, uint32_t events);
   void OnCommandComplete(uint64_t id);
   std::optional<vsock::HostStream> OnGuestAnswer(uint64_t id, Result<uint32_t> result);
@@ -122,12 +164,9 @@ class UnixBackend : public vsock::HostBackend {
   EventLoop* loop_;
   GuestConnector* connector_;
   UnixBackendOptions options_;
-  Fd listen_fd_;
-  // Identity of the socket file we created, so Shutdown() never unlinks a successor's.
-  dev_t listen_dev_ = 0;
-  ino_t listen_ino_ = 0;
-  bool accept_paused_ = false;
-  EventLoop::TimerId accept_resume_timer_ = 0;
+  std::string instance_id_;
+  // unique_ptr: the loop callbacks hold Listener pointers.
+  std::vector<std::unique_ptr<Listener>> listeners_;
   uint64_t next_client_id_ = 1;
   std::unordered_map<uint64_t, std::unique_ptr<Client>> clients_;
 };

@@ -7,12 +7,14 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "base/unix_socket.h"
+#include "host/caller_name.h"
 #include "host/connect_command.h"
 
 namespace vsockd::host {
@@ -546,6 +548,181 @@ TEST_F(GuestToHostTest, BacklogFullGivesUpWithTimeout) {
   ASSERT_TRUE(RunUntil([&] { return called_; }));
   ASSERT_FALSE(result_->ok());
   EXPECT_EQ(result_->error().code, ETIMEDOUT) << result_->error().ToString();
+}
+
+// ---------------------------------------------------------------- caller names, run dir
+
+TEST(CallerNameTest, FormatAndParseRoundTrip) {
+  std::string name = FormatCallerName("1234.abc", 3, 50000, 9999);
+  EXPECT_EQ(name, "vsockd/1234.abc/3/50000/9999");
+  CallerName parsed;
+  ASSERT_TRUE(ParseCallerName(name, &parsed));
+  EXPECT_EQ(parsed.instance, "1234.abc");
+  EXPECT_EQ(parsed.guest_cid, 3u);
+  EXPECT_EQ(parsed.guest_port, 50000u);
+  EXPECT_EQ(parsed.host_port, 9999u);
+  ASSERT_TRUE(ParseCallerName(FormatCallerName("x", 4294967294u, 4294967295u, 0), &parsed));
+  EXPECT_EQ(parsed.guest_cid, 4294967294u);
+  EXPECT_EQ(parsed.guest_port, 4294967295u);
+  EXPECT_EQ(parsed.host_port, 0u);
+}
+
+TEST(CallerNameTest, RejectsAnythingElse) {
+  CallerName parsed;
+  for (const char* bad :
+       {"", "vsockd/", "vsockd//3/1/2", "vsockd/i/3/1", "vsockd/i/3/1/2/", "vsockd/i/3/1/2/5",
+        "vsockd/i/x/1/2", "vsockd/i/3/-1/2", "vsockd/i/4294967296/1/2", "vsockd/i/3/1/99999999999",
+        "vsockd/i/3//2", "other/i/3/1/2", "vsockd/i/3/1/2\n"}) {
+    EXPECT_FALSE(ParseCallerName(bad, &parsed)) << bad;
+  }
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strcpy(addr.sun_path, "vsockd/i/3/1/2");  // a path, not an abstract name
+  EXPECT_FALSE(ParseCallerAddress(&addr, sizeof addr, &parsed));
+  EXPECT_FALSE(ParseCallerAddress(&addr, sizeof(sa_family_t), &parsed));  // unnamed peer
+}
+
+TEST_F(UnixBackendTest, ExtraListenPathsSpeakTheSameProtocol) {
+  options_.listen_paths = {dir_ + "/cid_3"};
+  StartBackend();
+  auto client = ConnectUnix(dir_ + "/cid_3", /*nonblocking=*/true);
+  ASSERT_TRUE(client.ok()) << client.error().ToString();
+  Send(*client, "CONNECT 77\n");
+  ASSERT_TRUE(RunUntil([&] { return fake_.pending.size() == 1; }));
+  EXPECT_EQ(fake_.pending[fake_.only_id()].port, 77u);
+  auto stream = fake_.Answer(fake_.only_id(), Result<uint32_t>(1073741825u));
+  ASSERT_TRUE(stream.has_value());
+  EXPECT_EQ(ReadAvailable(*client), "OK 1073741825\n");
+  // The hybrid path still works next to it.
+  Fd plain = Client();
+  Send(plain, "CONNECT 78\n");
+  ASSERT_TRUE(RunUntil([&] { return fake_.pending.size() == 1; }));
+  EXPECT_EQ(fake_.pending[fake_.only_id()].port, 78u);
+  // Both files go away with the backend.
+  backend_->Shutdown();
+  struct stat st;
+  EXPECT_NE(::lstat((dir_ + "/cid_3").c_str(), &st), 0);
+  EXPECT_NE(::lstat(options_.uds_path.c_str(), &st), 0);
+}
+
+TEST_F(UnixBackendTest, ListenPathsWithoutUdsPath) {
+  options_.uds_path.clear();
+  options_.listen_paths = {dir_ + "/cid_9"};
+  StartBackend();
+  struct stat st;
+  EXPECT_EQ(::lstat((dir_ + "/cid_9").c_str(), &st), 0);
+}
+
+TEST_F(UnixBackendTest, StartFailureLeavesNothingListening) {
+  options_.listen_paths = {dir_ + "/no-such-dir/cid_3"};
+  backend_ = std::make_unique<UnixBackend>(loop_.get(), &fake_, options_);
+  EXPECT_FALSE(backend_->Start().ok());
+  struct stat st;
+  EXPECT_NE(::lstat(options_.uds_path.c_str(), &st), 0) << "the first listener was undone";
+}
+
+TEST_F(GuestToHostTest, CandidatePathsInOrder) {
+  options_.host_path_prefixes = {dir_ + "/host_"};
+  StartBackend();
+  EXPECT_EQ(backend_->HostPortPaths(5),
+            (std::vector<std::string>{options_.uds_path + "_5", dir_ + "/host_5"}));
+  EXPECT_EQ(backend_->HostPortPath(5), options_.uds_path + "_5");
+}
+
+TEST_F(GuestToHostTest, FallsBackToTheRunDirWhenTheHybridPathIsMissing) {
+  options_.host_path_prefixes = {dir_ + "/host_"};
+  StartBackend();
+  auto shared = ListenUnix(dir_ + "/host_1234");
+  ASSERT_TRUE(shared.ok());
+  Connect(1234);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_TRUE(result_->ok()) << result_->error().ToString();
+  Fd server(::accept4(shared->get(), nullptr, nullptr, SOCK_CLOEXEC));
+  EXPECT_TRUE(server.valid());
+}
+
+TEST_F(GuestToHostTest, HybridPathWinsWhenBothExist) {
+  options_.host_path_prefixes = {dir_ + "/host_"};
+  StartBackend();
+  auto hybrid = ListenUnix(options_.uds_path + "_1234");
+  auto shared = ListenUnix(dir_ + "/host_1234");
+  ASSERT_TRUE(hybrid.ok() && shared.ok());
+  Connect(1234);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_TRUE(result_->ok()) << result_->error().ToString();
+  Fd server(::accept4(hybrid->get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  EXPECT_TRUE(server.valid());
+  Fd other(::accept4(shared->get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  EXPECT_FALSE(other.valid());
+}
+
+TEST_F(GuestToHostTest, StaleHybridFileDoesNotFallBack) {
+  options_.host_path_prefixes = {dir_ + "/host_"};
+  StartBackend();
+  { auto gone = ListenUnix(options_.uds_path + "_88"); }
+  auto shared = ListenUnix(dir_ + "/host_88");
+  ASSERT_TRUE(shared.ok());
+  Connect(88);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_FALSE(result_->ok());
+  EXPECT_EQ(result_->error().code, ECONNREFUSED);
+}
+
+TEST_F(GuestToHostTest, NoCandidateExistsIsEnoent) {
+  options_.uds_path.clear();
+  options_.host_path_prefixes = {dir_ + "/a_", dir_ + "/b_"};
+  StartBackend();
+  Connect(1);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_FALSE(result_->ok());
+  EXPECT_EQ(result_->error().code, ENOENT);
+  EXPECT_NE(result_->error().context.find("b_1"), std::string::npos);
+}
+
+TEST_F(GuestToHostTest, TheListenerSeesTheCallerName) {
+  options_.instance_id = "42.beef";
+  StartBackend();
+  auto listener = ListenUnix(options_.uds_path + "_1234");
+  ASSERT_TRUE(listener.ok());
+  Connect(1234);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_TRUE(result_->ok()) << result_->error().ToString();
+  sockaddr_un peer{};
+  socklen_t len = sizeof peer;
+  Fd server(::accept4(listener->get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
+  ASSERT_TRUE(server.valid());
+  CallerName name;
+  ASSERT_TRUE(ParseCallerAddress(&peer, len, &name));
+  EXPECT_EQ(name.instance, "42.beef");
+  EXPECT_EQ(name.guest_cid, 3u);
+  EXPECT_EQ(name.guest_port, 50000u);
+  EXPECT_EQ(name.host_port, 1234u);
+}
+
+TEST_F(GuestToHostTest, ATakenCallerNameStillConnects) {
+  options_.instance_id = "43.beef";
+  StartBackend();
+  auto listener = ListenUnix(options_.uds_path + "_1234");
+  ASSERT_TRUE(listener.ok());
+  // Someone already holds the name this connect would bind.
+  auto squatter = ListenUnix("@" + backend_->CallerNameFor(Info(1234)));
+  ASSERT_TRUE(squatter.ok()) << squatter.error().ToString();
+  Connect(1234);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_TRUE(result_->ok()) << result_->error().ToString();
+  sockaddr_un peer{};
+  socklen_t len = sizeof peer;
+  Fd server(::accept4(listener->get(), reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC));
+  ASSERT_TRUE(server.valid());
+  CallerName name;
+  EXPECT_FALSE(ParseCallerAddress(&peer, len, &name)) << "unbound fallback";
+}
+
+TEST_F(GuestToHostTest, DefaultInstanceIdIsPidBased) {
+  StartBackend();
+  EXPECT_EQ(backend_->instance_id().rfind(std::to_string(::getpid()) + ".", 0), 0u)
+      << backend_->instance_id();
+  EXPECT_EQ(backend_->instance_id().find('/'), std::string::npos);
 }
 
 }  // namespace

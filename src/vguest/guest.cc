@@ -112,12 +112,16 @@ Status Guest::SetupMemory() {
     RxSlot& s = rx_slots_[i];
     s.hdr = static_cast<uint8_t*>(Bump(kHdrSlot, 64, &s.hdr_gpa));
     s.data = static_cast<uint8_t*>(Bump(data_len, 64, &s.data_gpa));
+    s.table =
+        static_cast<virtio::vring_desc*>(Bump(2 * sizeof(virtio::vring_desc), 16, &s.table_gpa));
   }
   const uint32_t payload_slots = std::min(qs / 2, kMaxPayloadSlots);
   tx_hdr_area_ = static_cast<uint8_t*>(Bump(kHdrSlot * qs, 64, &tx_hdr_gpa_));
+  tx_tables_ = static_cast<virtio::vring_desc*>(
+      Bump(2 * sizeof(virtio::vring_desc) * qs, 16, &tx_tables_gpa_));
   tx_payload_area_ =
       static_cast<uint8_t*>(Bump(kPayloadSlot * payload_slots, 4096, &tx_payload_gpa_));
-  if (tx_payload_area_ == nullptr || rx_slots_.back().data == nullptr) {
+  if (tx_payload_area_ == nullptr || rx_slots_.back().table == nullptr || tx_tables_ == nullptr) {
     return MakeError(ENOMEM, "guest memory of {} bytes is too small for queue size {}", mem_size_,
                      qs);
   }
@@ -236,6 +240,10 @@ Status Guest::Setup() {
     acked_features_ |= Bit(virtio::VIRTIO_RING_F_EVENT_IDX);
   }
   event_idx_ = (acked_features_ & Bit(virtio::VIRTIO_RING_F_EVENT_IDX)) != 0;
+  if (options_.indirect_desc && (device_features_ & Bit(virtio::VIRTIO_RING_F_INDIRECT_DESC))) {
+    acked_features_ |= Bit(virtio::VIRTIO_RING_F_INDIRECT_DESC);
+  }
+  indirect_ = (acked_features_ & Bit(virtio::VIRTIO_RING_F_INDIRECT_DESC)) != 0;
   // rx buffers are posted before DRIVER_OK, as virtio_vsock_probe does.
   rx_.current = 1;
   tx_.current = 1;
@@ -247,8 +255,16 @@ Status Guest::Setup() {
   auto reg = [&](int fd, std::function<void()> fn) {
     return loop_->Add(fd, EPOLLIN, [fn = std::move(fn)](uint32_t) { fn(); });
   };
-  VSOCKD_RETURN_IF_ERROR(reg(rx_.call->get(), [this] { OnCall(kRxQueue); }));
-  VSOCKD_RETURN_IF_ERROR(reg(tx_.call->get(), [this] { OnCall(kTxQueue); }));
+  // Call fds are edge-triggered: every device signal is a new edge, so no interrupt is lost
+  // and the counter need not be read back (one syscall less per interrupt, on the round-trip
+  // path). An interrupt is an edge, as a real MSI is.
+  for (uint32_t i : {kRxQueue, kTxQueue}) {
+    Ring& r = i == kRxQueue ? rx_ : tx_;
+    VSOCKD_RETURN_IF_ERROR(loop_->Add(r.call->get(), EPOLLIN | EPOLLET, [this, i](uint32_t) {
+      ++stats_.interrupts;
+      OnCall(static_cast<int>(i));
+    }));
+  }
   VSOCKD_RETURN_IF_ERROR(reg(rx_.err->get(), [this] { OnErr(kRxQueue); }));
   VSOCKD_RETURN_IF_ERROR(reg(tx_.err->get(), [this] { OnErr(kTxQueue); }));
   VSOCKD_RETURN_IF_ERROR(loop_->Add(frontend_->fd(), EPOLLIN | EPOLLRDHUP,
@@ -387,7 +403,7 @@ void Guest::FillRx() {
   const bool combined = options_.rx_combined_desc;
   const uint32_t data_cap = static_cast<uint32_t>(kHeaderSize + options_.rx_buf_size);
   while (!rx_free_.empty()) {
-    size_t need = combined ? 1 : 2;
+    size_t need = combined || indirect_ ? 1 : 2;
     if (rx_.queue.free_descriptors() < need) break;
     uint32_t slot = rx_free_.back();
     const RxSlot& s = rx_slots_[slot];
@@ -398,7 +414,9 @@ void Guest::FillRx() {
     } else {
       Segment in[2] = {{s.hdr_gpa, static_cast<uint32_t>(kHeaderSize)},
                        {s.data_gpa, options_.rx_buf_size}};
-      head = rx_.queue.Add({}, in);
+      // The slot's table is free: the slot is not posted.
+      head =
+          indirect_ ? rx_.queue.AddIndirect(s.table_gpa, s.table, {}, in) : rx_.queue.Add({}, in);
     }
     if (!head.ok()) break;
     rx_free_.pop_back();
@@ -410,8 +428,6 @@ void Guest::FillRx() {
 }
 
 void Guest::OnCall(int index) {
-  Ring& r = index == static_cast<int>(kRxQueue) ? rx_ : tx_;
-  if (r.call->Drain()) ++stats_.interrupts;
   if (!running_ || gone_) return;
   if (index == static_cast<int>(kTxQueue)) {
     ReapTx();
@@ -544,10 +560,11 @@ void Guest::ReplyRst(const PacketHeader& to) {
 
 size_t Guest::TxRoom() {
   if (!running_ || gone_ || !pending_control_.empty()) return 0;
-  if (tx_payload_free_.empty() || tx_hdr_free_.empty() || tx_.queue.free_descriptors() < 2) {
+  const size_t need = indirect_ ? 1 : 2;
+  if (tx_payload_free_.empty() || tx_hdr_free_.empty() || tx_.queue.free_descriptors() < need) {
     // Reclaim what the device returned meanwhile: reading the used ring costs no syscall.
     ReapTx();
-    if (tx_payload_free_.empty() || tx_hdr_free_.empty() || tx_.queue.free_descriptors() < 2) {
+    if (tx_payload_free_.empty() || tx_hdr_free_.empty() || tx_.queue.free_descriptors() < need) {
       return 0;
     }
   }
@@ -564,7 +581,11 @@ void Guest::SendData(const PacketHeader& hdr, std::span<const uint8_t> payload) 
   Segment out[2] = {
       {tx_hdr_gpa_ + uint64_t{hslot} * kHdrSlot, static_cast<uint32_t>(kHeaderSize)},
       {tx_payload_gpa_ + uint64_t{pslot} * kPayloadSlot, static_cast<uint32_t>(payload.size())}};
-  auto head = tx_.queue.Add(out, {});
+  // A header slot is in at most one chain, so its table is free too.
+  auto head = indirect_ ? tx_.queue.AddIndirect(
+                              tx_tables_gpa_ + 2 * sizeof(virtio::vring_desc) * uint64_t{hslot},
+                              tx_tables_ + 2 * size_t{hslot}, out, {})
+                        : tx_.queue.Add(out, {});
   if (!head.ok()) {  // cannot happen after TxRoom(); keep the slots
     LOG_ERROR("vguest: tx add failed: {}", head.error().ToString());
     return;

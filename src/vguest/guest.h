@@ -4,8 +4,9 @@
 // Role: our test and benchmark driver. It negotiates like QEMU 7.2 (features, protocol
 // features, GET_CONFIG for the CID, one memfd region, rings 0 = rx and 1 = tx with kick/call
 // eventfds, SET_VRING_ENABLE), and plays the 6.1 virtio-vsock driver: rx buffers of a
-// 44-byte header descriptor plus a 4096-byte data descriptor (or one combined descriptor,
-// as 6.2+), checked like 6.1 checks them; tx packets as a header descriptor plus a payload
+// 44-byte header descriptor plus a 4096-byte data descriptor, behind one indirect descriptor
+// when VIRTIO_RING_F_INDIRECT_DESC is negotiated (or one combined descriptor, as 6.2+),
+// checked like 6.1 checks them; tx packets as a header descriptor plus a payload
 // descriptor copied into a guest-memory slot; EVENT_IDX kick and interrupt suppression with
 // one kick per loop batch; connection state and credit per Stream (vguest/stream.h).
 // Callers: integration tests, the benchmark, the vguest CLI. It also offers raw access to
@@ -50,7 +51,11 @@ struct GuestOptions {
   bool rx_combined_desc = false;    // true: one descriptor holding header + data (Linux 6.2+)
   uint32_t buf_alloc = 256 * 1024;  // our per-socket receive buffer (Linux default)
   bool event_idx = true;            // ack VIRTIO_RING_F_EVENT_IDX if offered
-  size_t memory_bytes = 64 << 20;   // memfd guest RAM size
+  // Ack VIRTIO_RING_F_INDIRECT_DESC if offered, as 6.1 does; then every chain of more than
+  // one descriptor (rx buffers, tx data packets) is one indirect descriptor, as
+  // virtqueue_add_split does, so a 128-entry ring holds 128 rx buffers instead of 64.
+  bool indirect_desc = true;
+  size_t memory_bytes = 64 << 20;                   // memfd guest RAM size
   std::chrono::milliseconds connect_timeout{2000};  // vsock connect (Linux default)
   std::chrono::milliseconds close_timeout{8000};    // linger after Close (Linux default)
   // How long Attach retries while the backend's socket is missing or refusing (a daemon
@@ -162,6 +167,8 @@ class Guest : private StreamHost {
   struct RxSlot {
     uint8_t* hdr = nullptr;  // separate-descriptor mode: header buffer
     uint64_t hdr_gpa = 0;
+    virtio::vring_desc* table = nullptr;  // indirect mode: this buffer's 2-entry table
+    uint64_t table_gpa = 0;
     uint8_t* data = nullptr;  // data buffer (combined mode: header + data)
     uint64_t data_gpa = 0;
   };
@@ -229,6 +236,7 @@ class Guest : private StreamHost {
   uint64_t acked_features_ = 0;
   uint64_t protocol_features_ = 0;
   bool event_idx_ = false;
+  bool indirect_ = false;
   bool running_ = false;
   bool gone_ = false;
   bool registered_ = false;
@@ -251,6 +259,8 @@ class Guest : private StreamHost {
 
   uint8_t* tx_hdr_area_ = nullptr;  // one 64-byte header slot per descriptor
   uint64_t tx_hdr_gpa_ = 0;
+  virtio::vring_desc* tx_tables_ = nullptr;  // indirect mode: a 2-entry table per header slot
+  uint64_t tx_tables_gpa_ = 0;
   uint8_t* tx_payload_area_ = nullptr;  // 64 KiB payload slots
   uint64_t tx_payload_gpa_ = 0;
   std::vector<uint32_t> tx_hdr_free_;

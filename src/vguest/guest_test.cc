@@ -264,8 +264,24 @@ TEST_F(GuestDeviceTest, AttachReadsCidAndPostsRxBuffers) {
   EXPECT_EQ(guest_->cid(), kCid);
   EXPECT_TRUE(guest_->acked_features() & (1ull << virtio::VIRTIO_F_VERSION_1));
   EXPECT_TRUE(guest_->attached());
-  // 128 descriptors, two per rx buffer (6.1 layout).
+  // The device offers indirect descriptors and 6.1 takes them: one ring entry per rx buffer.
+  EXPECT_TRUE(guest_->acked_features() & (1ull << virtio::VIRTIO_RING_F_INDIRECT_DESC));
+  EXPECT_EQ(guest_->stats().rx_buffers_posted, 128u);
+}
+
+TEST_F(GuestDeviceTest, WithoutIndirectTwoDescriptorsPerRxBuffer) {
+  guest_.reset();
+  GuestOptions options;
+  options.indirect_desc = false;
+  Attach(options);
+  EXPECT_FALSE(guest_->acked_features() & (1ull << virtio::VIRTIO_RING_F_INDIRECT_DESC));
+  // 128 descriptors, two per rx buffer (6.1 layout without indirect).
   EXPECT_EQ(guest_->stats().rx_buffers_posted, 64u);
+  HostEcho echo(dir_ + "/host_5008");
+  Stream* s = ConnectOk(5008);
+  ASSERT_NE(s, nullptr);
+  EchoThrough(s, Pattern(1 << 20));
+  ExpectNoDeviceBugs();
 }
 
 TEST_F(GuestDeviceTest, GuestToHostEchoWithHalfClose) {

@@ -428,11 +428,14 @@ Status Backend::OnSetVringFile(Message& msg) {
     case VHOST_USER_SET_VRING_KICK: {
       if (nofd) return MakeError(EINVAL, "vring {}: polling (kick with NOFD) is unsupported", *i);
       // O_NONBLOCK is shared with the frontend's side of the eventfd; QEMU creates its
-      // event notifiers non-blocking anyway. A drain must never block the loop.
+      // event notifiers non-blocking anyway. Nothing here may block the loop.
       VSOCKD_RETURN_IF_ERROR(SetNonBlocking(fd.get(), true));
       uint32_t index = *i;
-      VSOCKD_RETURN_IF_ERROR(
-          loop_->Add(fd.get(), EPOLLIN, [this, index](uint32_t events) { OnKick(index, events); }));
+      // Edge-triggered: every eventfd write is a new edge, so a kick is never lost, and the
+      // counter need not be read back (a read per kick was one of the six syscalls of the
+      // 64-byte round trip). The counter cannot realistically overflow (2^64 - 2 kicks).
+      VSOCKD_RETURN_IF_ERROR(loop_->Add(fd.get(), EPOLLIN | EPOLLET,
+                                        [this, index](uint32_t events) { OnKick(index, events); }));
       ForgetKick(*i);
       v.kick = std::move(fd);
       if (v.running) {
@@ -559,10 +562,8 @@ void Backend::ForgetKick(uint32_t index) {
 
 void Backend::OnKick(uint32_t index, uint32_t events) {
   Vring& v = *vrings_[index];
-  bool drained = (events & EPOLLIN) != 0 && DrainEventFd(v.kick.get());
-  if (!drained) {
-    // Not an eventfd that behaves (hung-up pipe, error): stop watching it rather than
-    // spinning on a level-triggered fd that never clears.
+  if ((events & (EPOLLERR | EPOLLHUP)) != 0 || (events & EPOLLIN) == 0) {
+    // Not an eventfd that behaves (hung-up pipe, error): stop watching it.
     LOG_RATELIMITED(LogLevel::kWarn, "vhost-user: vring {} kick fd unusable (events {:#x})", index,
                     events);
     ForgetKick(index);

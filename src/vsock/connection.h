@@ -221,6 +221,7 @@ class Connection {
   bool host_hup = false;         // EPOLLHUP: the host peer closed both directions
   bool host_shut_wr = false;     // we did shutdown(SHUT_WR) after the guest's SHUTDOWN(SEND)
   bool host_not_socket = false;  // sendmsg gave ENOTSOCK (a pipe, in tests): use writev
+  bool host_records = false;     // SOCK_SEQPACKET (or DGRAM): one readv per record
   std::string prefix;            // host bytes already read (HostStream::prefix), sent first
   size_t prefix_off = 0;
 

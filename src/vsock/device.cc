@@ -9,13 +9,15 @@
 //   anything that gives rx work (a reply, a control flag, host readability, fresh credit,
 //   an rx kick) -> ScheduleRx(): RunRx() runs once, deferred to the end of the batch. It
 //              sends queued RSTs, then serves a FIFO of connections: control packets, then
-//              data read with one readv into as many rx buffers as credit allows.
+//              data read into as many rx buffers as credit allows (one readv into one
+//              buffer, then, if it filled, one sized by FIONREAD).
 // No rx chain is held across calls: every chain popped is pushed or un-popped before RunRx
 // returns, so QueueStopped() (GET_VRING_BASE) always sees a consistent last_avail_idx.
 #include "vsock/device.h"
 
 #include <endian.h>
 #include <limits.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -43,8 +45,12 @@ constexpr uint32_t kTxQueue = 1;
 constexpr uint32_t kHostPortFirst = 1u << 30;
 constexpr uint32_t kHostPortEnd = 1u << 31;
 // Fairness: what one connection may send the guest per turn before the next one is served.
-constexpr uint32_t kTurnBytes = 128 * 1024;
-constexpr size_t kTurnChains = 32;
+// A whole Linux buf_alloc (256 KiB of 4 KiB buffers): a stream that waits for credit then
+// gets everything it may send in one readv and the guest one interrupt per credit window;
+// 128 KiB turns cost the guest a second wakeup per window (host->guest 64 KiB: 0.56x -> 0.66x
+// of raw AF_UNIX, same run).
+constexpr uint32_t kTurnBytes = 256 * 1024;
+constexpr size_t kTurnChains = 64;
 constexpr size_t kMaxIov = IOV_MAX;
 
 struct KeyHash {
@@ -355,6 +361,12 @@ class Device::Impl {
     if (!st.ok()) {
       LOG_WARN("vsock: host stream: {}", st.error().ToString());
       return false;
+    }
+    int type = SOCK_STREAM;
+    socklen_t type_len = sizeof type;
+    // Not a socket (a pipe): a byte stream too.
+    if (::getsockopt(stream.fd.get(), SOL_SOCKET, SO_TYPE, &type, &type_len) == 0) {
+      conn->host_records = type != SOCK_STREAM;
     }
     conn->host_fd = std::move(stream.fd);
     conn->prefix = std::move(stream.prefix);
@@ -965,99 +977,132 @@ class Device::Impl {
     return Served::kDone;
   }
 
-  // Pops as many rx chains as credit and the turn allow, fills their data areas with one
-  // readv (or from the stream prefix), writes each header and returns the unused chains.
+  // Pops as many rx chains as credit and the turn allow, fills their data areas with readv (or
+  // from the stream prefix), writes each header and returns the unused chains.
+  // The first readv goes into one rx buffer: a small message (the interactive case) then
+  // costs one chain walk instead of kTurnChains walks that would mostly be un-popped again
+  // (measured on the 64-byte round trip). Only if that buffer fills up does FIONREAD tell how
+  // many more chains to pop for a second readv, so bulk data pays two more syscalls per turn
+  // (up to kTurnBytes) and no chain is walked for nothing.
   Served SendData(Connection* conn) {
     const size_t budget = std::min<size_t>(conn->PeerFree(), kTurnBytes);
-    size_t n = 0;
-    size_t cap_total = 0;
-    rx_iov_.clear();
-    while (n < kTurnChains && cap_total < budget) {
-      DescChain& ch = rx_pool_[n];
-      PopResult r = rxq_->Pop(&ch);
-      if (r == PopResult::kEmpty) break;
-      if (r == PopResult::kBroken) {
-        RxUsable();
-        return Served::kStarved;  // queue unusable; nothing popped may be touched
-      }
-      bool usable = r == PopResult::kOk && ch.readable_bytes == 0 &&
-                    ch.writable_bytes > kHeaderSize && rx_iov_.size() < kMaxIov;
-      if (!usable) {
-        if (n > 0) {
-          // Keep the popped-but-unpushed chains the most recent pops, so Unpop stays exact:
-          // this one is handled first on the next turn.
-          rxq_->Unpop(1);
+    const bool from_prefix = conn->prefix_pending();
+    // A record socket (SOCK_SEQPACKET) must be read in one readv: a record read in pieces
+    // loses its tail.
+    const bool one_read = from_prefix || conn->host_records;
+    size_t want = one_read ? kTurnChains : 1;  // chains to have popped after this round
+    size_t want_bytes = SIZE_MAX;              // stop popping once this round holds this
+    size_t n = 0;                              // chains popped: rx_pool_[0, n)
+    size_t cap_total = 0;                      // their data capacity
+    size_t got_total = 0;                      // bytes placed in them
+    bool more = true;                          // the ring may have usable chains left
+    int read_error = 0;                        // errno of a failed read (0: none)
+    bool eof = false;
+    while (more) {
+      const size_t first = n;
+      rx_iov_.clear();
+      size_t cap_round = 0;
+      while (n < want && cap_total < budget && cap_round < want_bytes) {
+        DescChain& ch = rx_pool_[n];
+        PopResult r = rxq_->Pop(&ch);
+        if (r == PopResult::kEmpty) {
+          more = false;
           break;
         }
-        LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
-                        opts_.guest_cid);
-        rxq_->PushUsed(ch.head, 0);
-        continue;
+        if (r == PopResult::kBroken) {
+          RxUsable();
+          return Served::kStarved;  // queue unusable; nothing popped may be touched
+        }
+        bool usable = r == PopResult::kOk && ch.readable_bytes == 0 &&
+                      ch.writable_bytes > kHeaderSize && rx_iov_.size() < kMaxIov;
+        if (!usable) {
+          if (n > 0) {
+            // Keep the popped-but-unpushed chains the most recent pops, so Unpop stays
+            // exact: this one is handled first on the next turn.
+            rxq_->Unpop(1);
+            more = false;
+            break;
+          }
+          LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
+                          opts_.guest_cid);
+          rxq_->PushUsed(ch.head, 0);
+          continue;
+        }
+        size_t cap = std::min<size_t>(
+            {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, budget - cap_total});
+        cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - rx_iov_.size());
+        rx_caps_[n] = cap;
+        cap_total += cap;
+        cap_round += cap;
+        ++n;
       }
-      size_t cap = std::min<size_t>(
-          {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, budget - cap_total});
-      cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - rx_iov_.size());
-      rx_caps_[n] = cap;
-      cap_total += cap;
-      ++n;
-    }
-    if (n == 0) return Served::kStarved;
+      if (n == first) break;
 
-    ssize_t got;
-    bool from_prefix = conn->prefix_pending();
-    if (from_prefix) {
-      size_t avail = conn->prefix.size() - conn->prefix_off;
-      size_t take = std::min(avail, cap_total);
-      size_t done = 0;
-      for (const iovec& v : rx_iov_) {
-        if (done == take) break;
-        size_t c = std::min(v.iov_len, take - done);
-        std::memcpy(v.iov_base, conn->prefix.data() + conn->prefix_off + done, c);
-        done += c;
+      ssize_t got;
+      if (from_prefix) {
+        size_t avail = conn->prefix.size() - conn->prefix_off;
+        size_t take = std::min(avail, cap_round);
+        CopyToIov(rx_iov_, 0,
+                  reinterpret_cast<const uint8_t*>(conn->prefix.data()) + conn->prefix_off, take);
+        conn->prefix_off += take;
+        if (!conn->prefix_pending()) {
+          conn->prefix.clear();
+          conn->prefix.shrink_to_fit();
+          conn->prefix_off = 0;
+        }
+        got = static_cast<ssize_t>(take);
+      } else {
+        do {
+          got = ::readv(conn->host_fd.get(), rx_iov_.data(), static_cast<int>(rx_iov_.size()));
+        } while (got < 0 && errno == EINTR);
       }
-      conn->prefix_off += take;
-      if (!conn->prefix_pending()) {
-        conn->prefix.clear();
-        conn->prefix.shrink_to_fit();
-        conn->prefix_off = 0;
+      if (got <= 0) {
+        if (got < 0) read_error = errno;
+        eof = got == 0;
+        rxq_->Unpop(static_cast<uint16_t>(n - first));
+        n = first;
+        break;
       }
-      got = static_cast<ssize_t>(take);
-    } else {
-      do {
-        got = ::readv(conn->host_fd.get(), rx_iov_.data(), static_cast<int>(rx_iov_.size()));
-      } while (got < 0 && errno == EINTR);
+      got_total += static_cast<size_t>(got);
+      if (static_cast<size_t>(got) < cap_round) {
+        if (!from_prefix && !conn->host_rdhup) {
+          // Stream socket drained; the next edge re-arms us. After RDHUP no edge will come:
+          // stay readable so the next read sees the EOF.
+          conn->host_readable = false;
+        }
+        break;
+      }
+      if (one_read || cap_total >= budget || n >= kTurnChains) break;
+      int queued = 0;
+      if (::ioctl(conn->host_fd.get(), FIONREAD, &queued) == 0) {
+        if (queued <= 0) {
+          // Drained exactly; as after a short read (after RDHUP, the next read sees EOF).
+          if (!conn->host_rdhup) conn->host_readable = false;
+          break;
+        }
+        want_bytes = static_cast<size_t>(queued);
+      }
+      want = kTurnChains;
     }
+    if (n == 0 && got_total == 0 && read_error == 0 && !eof) return Served::kStarved;
 
-    if (got <= 0) {
-      int err = errno;
+    if (read_error != 0 && read_error != EAGAIN && read_error != EWOULDBLOCK) {
       rxq_->Unpop(static_cast<uint16_t>(n));
-      if (got == 0) {
-        OnHostEof(conn);
-        return Served::kDone;
-      }
-      if (err == EAGAIN || err == EWOULDBLOCK) {
-        conn->host_readable = false;
-        return Served::kDone;
-      }
       LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
-                std::strerror(err));
+                std::strerror(read_error));
       FreeConnection(conn, /*send_rst=*/true);
       return Served::kFreed;
     }
-    if (!from_prefix && static_cast<size_t>(got) < cap_total && !conn->host_rdhup) {
-      // Stream socket drained; the next edge re-arms us. After RDHUP no edge will come:
-      // stay readable so the next read sees the EOF.
-      conn->host_readable = false;
-    }
+    if (read_error != 0) conn->host_readable = false;
     // Chains that got nothing are the most recent pops: return them first.
-    size_t left = static_cast<size_t>(got);
+    size_t left = got_total;
     size_t used = 0;
     for (size_t i = 0; i < n && left > 0; ++i) {
       left -= std::min(left, rx_caps_[i]);
       used = i + 1;
     }
     if (used < n) rxq_->Unpop(static_cast<uint16_t>(n - used));
-    left = static_cast<size_t>(got);
+    left = got_total;
     for (size_t i = 0; i < used; ++i) {
       uint32_t len = static_cast<uint32_t>(std::min(left, rx_caps_[i]));
       left -= len;
@@ -1065,6 +1110,8 @@ class Device::Impl {
       conn->OnSentToGuest(len);
       stats_.rx_bytes += len;
     }
+    // After the data it follows: the SHUTDOWN is sent once these headers are out.
+    if (eof) OnHostEof(conn);
     return Served::kDone;
   }
 

@@ -18,7 +18,8 @@
 //  - bounded memory per connection (at most buf_alloc of guest data buffered for a slow host
 //    reader; host data is read straight into guest rx buffers, only as credit allows);
 //  - coalescing: consecutive RW packets of a connection go to the host in one writev, and
-//    host data is read with one readv across as many rx buffers as credit allows.
+//    host data is read with few readvs (a probe into one buffer, then one sized by FIONREAD)
+//    across as many rx buffers as credit allows.
 #pragma once
 
 #include <chrono>

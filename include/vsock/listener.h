@@ -1,0 +1,72 @@
+// vsock::Listener: a listening stream socket, and vsock::listen to make one.
+//
+// What listen() does for each kind of address:
+//  - vsock://CID:PORT   AF_VSOCK socket, bind(CID, PORT), listen(). CID is usually `any`;
+//                       PORT `any` lets the kernel pick one (see local_address()).
+//                       Accepted peers carry their CID and port.
+//  - hvsock://PATH:PORT the host side of guest -> host connections through vsockd: a Unix
+//                       socket listening on "PATH_PORT", which is where vsockd (started
+//                       with --uds-path PATH) connects when a guest connects to host
+//                       (CID 2) port PORT. The hybrid convention tells nothing about the
+//                       guest end, so accepted streams have peer_address() vsock://any:any.
+//  - unix:PATH          a Unix socket listening on PATH.
+// For Unix paths, a stale socket file that nobody listens on any more is replaced; a path
+// where a live listener answers fails with std::errc::address_in_use (found out by
+// connecting to it: that listener sees one connection that closes at once). The socket
+// file is removed again when the Listener closes, unless it was replaced meanwhile.
+//
+// Threading: owned by one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <system_error>
+
+#include "vsock/address.h"
+#include "vsock/config.h"
+#include "vsock/stream.h"
+
+namespace vsock {
+
+class VSOCK_API Listener {
+ public:
+  Listener() = default;
+  ~Listener() { close(); }
+  Listener(Listener&& other) noexcept;
+  Listener& operator=(Listener&& other) noexcept;
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  bool is_open() const { return fd_ >= 0; }
+  explicit operator bool() const { return is_open(); }
+  // The listening fd, for your own poll/epoll (readable = a connection is waiting).
+  int native_handle() const { return fd_; }
+  // The bound address (for vsock with port `any`, the port the kernel chose).
+  const Address& local_address() const { return local_; }
+  // Closes the socket (and removes the Unix socket file this Listener created).
+  void close();
+
+  // Accepts one connection. Blocking listener: waits for one. Non-blocking listener:
+  // std::errc::operation_would_block when none is waiting. EINTR and ECONNABORTED are
+  // retried. The Stream is blocking and close-on-exec.
+  Stream accept(std::error_code& ec);
+  // Waits at most `timeout` (poll) for a connection: std::errc::timed_out if none came.
+  Stream accept(std::chrono::milliseconds timeout, std::error_code& ec);
+  void set_nonblocking(bool on, std::error_code& ec);
+
+ private:
+  friend VSOCK_API Listener listen(const Address&, std::error_code&, int);
+  int fd_ = -1;
+  bool nonblocking_ = false;
+  Address local_;
+  std::string unlink_path_;     // the socket file we created, removed on close
+  uint64_t dev_ = 0, ino_ = 0;  // its identity, so close() never removes someone else's
+};
+
+// Listens on `address` (see above) with the given backlog. A closed Listener and `ec` set
+// on failure: errc::invalid_address for an address that cannot be listened on (a hybrid
+// port `any`), else the syscall's error.
+VSOCK_API Listener listen(const Address& address, std::error_code& ec, int backlog = 128);
+
+}  // namespace vsock

@@ -1,0 +1,31 @@
+// Internal helpers shared by libvsock's sources (not installed): errno -> std::error_code,
+// EINTR-safe syscalls, Unix-socket listening.
+//
+// Callers: src/libvsock/*.cc only. Threading: stateless functions.
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace vsock::detail {
+
+inline std::error_code sys_error(int e) { return {e, std::system_category()}; }
+inline std::error_code last_error() { return sys_error(errno); }
+
+// Replaces control and non-ASCII bytes by '?' and cuts at `max` bytes, so that text from a
+// peer or a user can be quoted in a message safely.
+std::string printable(std::string_view text, size_t max = 120);
+
+// Caps a caller's timeout so that now() + timeout cannot overflow (a year is "forever").
+inline std::chrono::milliseconds cap_timeout(std::chrono::milliseconds t) {
+  return std::min(t, std::chrono::milliseconds(std::chrono::hours(24 * 365)));
+}
+
+// Sets or clears O_NONBLOCK.
+std::error_code set_nonblocking(int fd, bool on);
+
+}  // namespace vsock::detail
