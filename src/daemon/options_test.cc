@@ -11,6 +11,7 @@ namespace {
 ParseOutcome Parse(std::vector<std::string> args) {
   args.insert(args.begin(), "vsockd");
   std::vector<const char*> argv;
+  argv.reserve(args.size());
   for (const auto& a : args) argv.push_back(a.c_str());
   return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
 }

@@ -791,8 +791,11 @@ __attribute__((visibility("default"))) ssize_t recvmsg(int fd, msghdr* msg, int 
   return real_recvmsg(fd, msg, flags);
 }
 
-// _FORTIFY_SOURCE builds call these instead of read/recv.
+// _FORTIFY_SOURCE builds call these instead of read/recv: glibc's names, so interposing them
+// needs the reserved identifiers.
+// NOLINTNEXTLINE(bugprone-reserved-identifier)
 ssize_t __read_chk(int fd, void* buf, size_t len, size_t buflen);
+// NOLINTNEXTLINE(bugprone-reserved-identifier)
 __attribute__((visibility("default"))) ssize_t __read_chk(int fd, void* buf, size_t len,
                                                           size_t buflen) {
   REAL(__read_chk);
@@ -800,7 +803,9 @@ __attribute__((visibility("default"))) ssize_t __read_chk(int fd, void* buf, siz
   return real___read_chk(fd, buf, len, buflen);
 }
 
-ssize_t __recv_chk(int fd, void* buf, size_t len, size_t buflen, int flags);
+ssize_t __recv_chk(  // NOLINT(bugprone-reserved-identifier)
+    int fd, void* buf, size_t len, size_t buflen, int flags);
+// NOLINTNEXTLINE(bugprone-reserved-identifier)
 __attribute__((visibility("default"))) ssize_t __recv_chk(int fd, void* buf, size_t len,
                                                           size_t buflen, int flags) {
   REAL(__recv_chk);

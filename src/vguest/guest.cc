@@ -545,14 +545,7 @@ void Guest::Dispatch(const PacketHeader& hdr, std::span<const uint8_t> payload) 
 
 void Guest::ReplyRst(const PacketHeader& to) {
   if (to.op == VIRTIO_VSOCK_OP_RST) return;
-  PacketHeader h;
-  h.src_cid = to.dst_cid;
-  h.dst_cid = to.src_cid;
-  h.src_port = to.dst_port;
-  h.dst_port = to.src_port;
-  h.type = to.type;
-  h.op = VIRTIO_VSOCK_OP_RST;
-  SendControl(h);
+  SendControl(vsock::MakeRstReply(to));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -882,13 +875,14 @@ void Guest::SendRawPacket(const PacketHeader& hdr, std::span<const uint8_t> payl
   }
   // Beyond the pool: memory of its own (never freed; raw tests send few such packets).
   Buffer hb = AllocRaw(kHeaderSize);
-  Buffer pb = payload.empty() ? Buffer{} : AllocRaw(payload.size());
+  Buffer pb;
+  if (!payload.empty()) pb = AllocRaw(payload.size());
   if (hb.host == nullptr || (!payload.empty() && pb.host == nullptr)) {
     LOG_ERROR("vguest: out of raw guest memory for a {}-byte packet", payload.size());
     return;
   }
   EncodeHeader(hdr, hb.host);
-  if (!payload.empty()) std::memcpy(pb.host, payload.data(), payload.size());
+  if (pb.host != nullptr) std::memcpy(pb.host, payload.data(), payload.size());
   Segment out[2] = {{hb.gpa, static_cast<uint32_t>(kHeaderSize)},
                     {pb.gpa, static_cast<uint32_t>(payload.size())}};
   auto head = tx_.queue.Add(std::span<const Segment>(out, payload.empty() ? 1 : 2), {});

@@ -209,7 +209,7 @@ class GuestDeviceTest : public ::testing::Test {
   Stream* ConnectOk(uint32_t port) {
     bool done = false;
     Status result;
-    Stream* stream = guest_->Connect(port, [&](Stream*, Status st) {
+    Stream* stream = guest_->Connect(port, [&](Stream*, const Status& st) {
       done = true;
       result = st;
     });
@@ -306,7 +306,7 @@ TEST_F(GuestDeviceTest, GuestToHostEchoWithHalfClose) {
 TEST_F(GuestDeviceTest, ConnectToPortWithoutServiceIsRefused) {
   bool done = false;
   Status result;
-  guest_->Connect(5999, [&](Stream*, Status st) {
+  guest_->Connect(5999, [&](Stream*, const Status& st) {
     done = true;
     result = st;
   });
@@ -357,7 +357,7 @@ TEST_F(GuestDeviceTest, HostToGuestConnectIsAcceptedAndEchoed) {
   std::atomic<int> connect_result{-1};
   device_->Post([&, theirs] {
     auto id = device_->device()->ConnectToGuest(
-        7000, [&, theirs](Result<uint32_t> r) -> std::optional<vsock::HostStream> {
+        7000, [&, theirs](const Result<uint32_t>& r) -> std::optional<vsock::HostStream> {
           connect_result = r.ok() ? 0 : r.error().code;
           if (!r.ok()) return std::nullopt;
           return vsock::HostStream{std::move(*theirs), ""};
@@ -388,7 +388,7 @@ TEST_F(GuestDeviceTest, ListenerRefusesWhenNobodyListens) {
   std::atomic<int> connect_result{-1};
   device_->Post([&] {
     auto id = device_->device()->ConnectToGuest(
-        7001, [&](Result<uint32_t> r) -> std::optional<vsock::HostStream> {
+        7001, [&](const Result<uint32_t>& r) -> std::optional<vsock::HostStream> {
           connect_result = r.ok() ? 0 : r.error().code;
           return std::nullopt;
         });
@@ -404,7 +404,7 @@ TEST_F(GuestDeviceTest, PauseAndResumeKeepStreams) {
   Stream* s = ConnectOk(5001);
   ASSERT_NE(s, nullptr);
   bool closed = false;
-  s->on_closed = [&](Status) { closed = true; };
+  s->on_closed = [&](const Status&) { closed = true; };
   ASSERT_TRUE(guest_->Pause().ok());
   EXPECT_FALSE(guest_->running());
   EXPECT_EQ(s->Write("x", 1), 0u);  // no tx while the VM is stopped
@@ -420,7 +420,7 @@ TEST_F(GuestDeviceTest, DriverResetResetsStreamsAndGuestWorksAfter) {
   ASSERT_NE(s, nullptr);
   Status closed;
   bool got_closed = false;
-  s->on_closed = [&](Status st) {
+  s->on_closed = [&](const Status& st) {
     got_closed = true;
     closed = st;
   };
@@ -459,7 +459,7 @@ TEST_F(GuestDeviceTest, BackendGoneResetsStreams) {
   ASSERT_NE(s, nullptr);
   Status closed;
   bool got_closed = false;
-  s->on_closed = [&](Status st) {
+  s->on_closed = [&](const Status& st) {
     got_closed = true;
     closed = st;
   };
@@ -536,7 +536,7 @@ TEST_F(GuestDeviceTest, CliListenAcceptsOneConnectionAndRelays) {
     std::atomic<int> r{-1};
     device_->Post([&, theirs] {
       auto id = device_->device()->ConnectToGuest(
-          7100, [&, theirs](Result<uint32_t> res) -> std::optional<vsock::HostStream> {
+          7100, [&, theirs](const Result<uint32_t>& res) -> std::optional<vsock::HostStream> {
             r = res.ok() ? 0 : res.error().code;
             if (!res.ok()) return std::nullopt;
             return vsock::HostStream{std::move(*theirs), ""};

@@ -52,7 +52,7 @@ class Relay {
       MaybeDone();
     };
     stream_->on_writable = [this] { PumpIn(); };
-    stream_->on_closed = [this](Status st) { OnClosed(std::move(st)); };
+    stream_->on_closed = [this](const Status& st) { OnClosed(st); };
     // A regular file or /dev/null cannot be polled (EPERM): it is always readable/writable.
     in_pollable_ = loop_->Add(STDIN_FILENO, 0, [this](uint32_t) { PumpIn(); }).ok();
     in_polled_ = in_pollable_;
@@ -160,7 +160,7 @@ class Relay {
     MaybeDone();
   }
 
-  void OnClosed(Status st) {
+  void OnClosed(const Status& st) {
     closed_ = true;
     if (!st.ok() && !(peer_eof_ && shutdown_sent_)) {
       return Fail(st.error().code == ECONNRESET ? "connection reset by peer"
@@ -338,7 +338,7 @@ int Main(int argc, char** argv) {
   Relay relay(loop->get(), &exit_code);
   Guest* g = guest->get();
   if (connect->parsed()) {
-    g->Connect(port, [&](Stream* s, Status st) {
+    g->Connect(port, [&](Stream* s, const Status& st) {
       if (!st.ok()) {
         const char* what = st.error().code == ECONNRESET  ? "refused (RST)"
                            : st.error().code == ETIMEDOUT ? "timed out"
@@ -371,4 +371,13 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace vsockd::vguest
 
-int main(int argc, char** argv) { return vsockd::vguest::Main(argc, argv); }
+int main(int argc, char** argv) {
+  // The project's code does not throw; this only catches the standard library's own
+  // (std::bad_alloc) so a failure is reported, not an abort.
+  try {
+    return vsockd::vguest::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vguest: fatal: %s\n", e.what());
+    return 1;
+  }
+}

@@ -30,11 +30,7 @@ Stream::~Stream() {
 }
 
 uint32_t Stream::peer_credit() const {
-  // u32 wrap-around, then a signed clamp: a peer that shrinks buf_alloc with bytes in flight
-  // must give 0, not a huge credit (the Dec 2025 Linux fix).
-  int64_t free_space =
-      static_cast<int64_t>(peer_buf_alloc_) - static_cast<int64_t>(tx_cnt_ - peer_fwd_cnt_);
-  return free_space > 0 ? static_cast<uint32_t>(free_space) : 0;
+  return vsock::PeerCredit(peer_buf_alloc_, tx_cnt_, peer_fwd_cnt_);
 }
 
 PacketHeader Stream::MakeHeader(uint16_t op, uint32_t len, uint32_t flags) {

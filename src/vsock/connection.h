@@ -126,11 +126,7 @@ class Connection {
     peer_fwd_cnt_ = hdr.fwd_cnt;
   }
   // Bytes we may still send the guest.
-  uint32_t PeerFree() const {
-    int64_t in_flight = static_cast<uint32_t>(tx_cnt_ - peer_fwd_cnt_);
-    int64_t free = static_cast<int64_t>(peer_buf_alloc_) - in_flight;
-    return free > 0 ? static_cast<uint32_t>(free) : 0;
-  }
+  uint32_t PeerFree() const { return PeerCredit(peer_buf_alloc_, tx_cnt_, peer_fwd_cnt_); }
   void OnSentToGuest(uint32_t n) { tx_cnt_ += n; }
 
   // True if accepting `len` more guest bytes stays within the credit we advertised.

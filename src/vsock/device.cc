@@ -580,14 +580,7 @@ class Device::Impl {
   // RST for a packet that has no connection (src/dst swapped, type echoed). Never for an RST.
   void ReplyRst(const PacketHeader& h) {
     if (h.op == VIRTIO_VSOCK_OP_RST) return;
-    PacketHeader r;
-    r.src_cid = h.dst_cid;
-    r.src_port = h.dst_port;
-    r.dst_cid = h.src_cid;
-    r.dst_port = h.src_port;
-    r.type = h.type;
-    r.op = VIRTIO_VSOCK_OP_RST;
-    replies_.push_back(r);
+    replies_.push_back(MakeRstReply(h));
   }
 
   // A protocol violation on a known connection: RST it.

@@ -70,6 +70,30 @@ PacketHeader DecodeHeader(const uint8_t in[kHeaderSize]);
 std::string DescribeHeader(const PacketHeader& hdr);
 const char* OpName(uint16_t op);
 
+// Credit a sender may still use (virtio spec, "Buffer Space Management"): the peer's
+// buf_alloc minus the bytes in flight. The subtraction of the free-running counters is u32
+// wrap-around; the result is clamped at 0, so a peer that shrinks buf_alloc while bytes are in
+// flight yields 0, not a huge u32 (the underflow Linux fixed in virtio_transport_get_credit,
+// Dec 2025).
+inline uint32_t PeerCredit(uint32_t peer_buf_alloc, uint32_t tx_cnt, uint32_t peer_fwd_cnt) {
+  int64_t in_flight = static_cast<uint32_t>(tx_cnt - peer_fwd_cnt);
+  int64_t free = static_cast<int64_t>(peer_buf_alloc) - in_flight;
+  return free > 0 ? static_cast<uint32_t>(free) : 0;
+}
+
+// The RST answering `to` (addresses swapped, type echoed, credit fields 0). Callers must not
+// answer an RST with an RST: it could reset a new connection reusing the port pair.
+inline PacketHeader MakeRstReply(const PacketHeader& to) {
+  PacketHeader r;
+  r.src_cid = to.dst_cid;
+  r.src_port = to.dst_port;
+  r.dst_cid = to.src_cid;
+  r.dst_port = to.src_port;
+  r.type = to.type;
+  r.op = VIRTIO_VSOCK_OP_RST;
+  return r;
+}
+
 // A CID a VM may be given: not 0, 1, 2, VMADDR_CID_ANY, nor above 32 bits.
 inline bool IsValidGuestCid(uint64_t cid) { return cid > VMADDR_CID_HOST && cid < VMADDR_CID_ANY; }
 

@@ -68,5 +68,32 @@ TEST(PacketTest, GuestCidValidity) {
   EXPECT_FALSE(IsValidGuestCid(1ull << 32));
 }
 
+TEST(PacketTest, PeerCreditWrapsAndClamps) {
+  EXPECT_EQ(PeerCredit(1000, 300, 100), 800u);
+  // Free-running counters that wrapped past 2^32 still give the right in-flight count.
+  EXPECT_EQ(PeerCredit(1000, 50, 0xFFFFFF00u), 1000u - 306u);
+  // The peer shrank buf_alloc below what is in flight: no credit, not a huge u32.
+  EXPECT_EQ(PeerCredit(100, 500, 0), 0u);
+}
+
+TEST(PacketTest, RstReplySwapsAddressesAndEchoesType) {
+  PacketHeader h;
+  h.src_cid = 3;
+  h.src_port = 1025;
+  h.dst_cid = 2;
+  h.dst_port = 9999;
+  h.type = VIRTIO_VSOCK_TYPE_STREAM;
+  h.op = VIRTIO_VSOCK_OP_RW;
+  h.len = 5;
+  PacketHeader r = MakeRstReply(h);
+  EXPECT_EQ(r.op, VIRTIO_VSOCK_OP_RST);
+  EXPECT_EQ(r.src_cid, 2u);
+  EXPECT_EQ(r.src_port, 9999u);
+  EXPECT_EQ(r.dst_cid, 3u);
+  EXPECT_EQ(r.dst_port, 1025u);
+  EXPECT_EQ(r.type, VIRTIO_VSOCK_TYPE_STREAM);
+  EXPECT_EQ(r.len, 0u);
+}
+
 }  // namespace
 }  // namespace vsockd::vsock

@@ -1,0 +1,186 @@
+#include "tools/vsockcat/relay.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "base/fd.h"
+
+namespace vsockd::vsockcat {
+namespace {
+
+// Bytes one direction moves before letting other connections run (fairness in --forward).
+constexpr uint64_t kTurnBytes = 4 << 20;
+
+bool IsSocket(int fd) {
+  struct stat st {};
+  return ::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+}  // namespace
+
+Relay::Relay(EventLoop* loop, const RelaySide& a, const RelaySide& b, Done on_done,
+             size_t buffer_size)
+    : loop_(loop), on_done_(std::move(on_done)), buffer_size_(buffer_size) {
+  dirs_[0].from = a.in_fd;
+  dirs_[0].to = b.out_fd;
+  dirs_[0].from_name = a.name;
+  dirs_[0].to_name = b.name;
+  dirs_[0].eof = a.input_ended;
+  dirs_[1].from = b.in_fd;
+  dirs_[1].to = a.out_fd;
+  dirs_[1].from_name = b.name;
+  dirs_[1].to_name = a.name;
+  dirs_[1].eof = b.input_ended;
+  for (int fd : {a.in_fd, a.out_fd, b.in_fd, b.out_fd}) {
+    bool seen = false;
+    for (const Watch& w : watches_) seen = seen || w.fd == fd;
+    if (!seen) watches_.push_back(Watch{fd});
+  }
+}
+
+Relay::~Relay() {
+  *alive_ = false;
+  for (Watch& w : watches_) {
+    if (w.added) loop_->Remove(w.fd);
+  }
+}
+
+RelayStats Relay::stats() const { return RelayStats{dirs_[0].bytes, dirs_[1].bytes, dirs_[0].eof}; }
+
+void Relay::Start() {
+  started_ = true;
+  for (Direction& d : dirs_) {
+    d.to_is_socket = IsSocket(d.to);
+    (void)SetNonBlocking(d.from);
+    (void)SetNonBlocking(d.to);
+  }
+  // The first pass runs deferred: on_done must never run inside Start().
+  auto alive = alive_;
+  loop_->Defer([this, alive] {
+    if (*alive) Pump();
+  });
+}
+
+Status Relay::Step(Direction& d, bool* yield) {
+  uint64_t moved = 0;
+  while (!d.done) {
+    if (d.head < d.tail) {
+      ssize_t n = d.to_is_socket ? ::send(d.to, d.buf.get() + d.head, d.tail - d.head, MSG_NOSIGNAL)
+                                 : ::write(d.to, d.buf.get() + d.head, d.tail - d.head);
+      if (n > 0) {
+        d.head += static_cast<size_t>(n);
+        d.bytes += static_cast<uint64_t>(n);
+        moved += static_cast<uint64_t>(n);
+        if (d.head == d.tail) d.head = d.tail = 0;
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        d.wait = Direction::Wait::kOut;
+        return OkStatus();
+      }
+      return ErrnoError("write to {}", d.to_name);
+    }
+    if (d.eof) {
+      // Everything the source sent is out: pass the EOF on, keep the other direction.
+      if (d.to_is_socket && ::shutdown(d.to, SHUT_WR) != 0 && errno != ENOTCONN) {
+        return ErrnoError("shutdown of {}", d.to_name);
+      }
+      d.done = true;
+      d.wait = Direction::Wait::kNone;
+      return OkStatus();
+    }
+    if (moved >= kTurnBytes) {
+      *yield = true;
+      d.wait = Direction::Wait::kNone;
+      return OkStatus();
+    }
+    if (!d.buf) d.buf = std::make_unique<uint8_t[]>(buffer_size_);
+    ssize_t n = ::read(d.from, d.buf.get(), buffer_size_);
+    if (n > 0) {
+      d.tail = static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) {
+      d.eof = true;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      d.wait = Direction::Wait::kIn;
+      return OkStatus();
+    }
+    return ErrnoError("read from {}", d.from_name);
+  }
+  return OkStatus();
+}
+
+void Relay::Pump() {
+  if (finished_) return;
+  bool yield = false;
+  for (Direction& d : dirs_) {
+    Status st = Step(d, &yield);
+    if (!st.ok()) return Finish(std::move(st));
+  }
+  if (dirs_[0].done && dirs_[1].done) return Finish(OkStatus());
+  UpdateInterest();
+  if (yield && !yield_scheduled_) {
+    yield_scheduled_ = true;
+    auto alive = alive_;
+    loop_->Defer([this, alive] {
+      if (!*alive) return;
+      yield_scheduled_ = false;
+      Pump();
+    });
+  }
+}
+
+void Relay::UpdateInterest() {
+  for (Watch& w : watches_) {
+    uint32_t events = 0;
+    for (const Direction& d : dirs_) {
+      if (d.done) continue;
+      if (d.from == w.fd && d.wait == Direction::Wait::kIn) events |= EPOLLIN;
+      if (d.to == w.fd && d.wait == Direction::Wait::kOut) events |= EPOLLOUT;
+    }
+    if (!w.pollable || events == w.events) continue;
+    if (events == 0) {
+      // Unregistered rather than registered with no events: epoll reports EPOLLHUP and
+      // EPOLLERR regardless, which would spin on a socket whose directions are both idle.
+      if (w.added) loop_->Remove(w.fd);
+      w.added = false;
+    } else if (w.added) {
+      (void)loop_->Modify(w.fd, events);
+    } else {
+      Status st = loop_->Add(w.fd, events, [this](uint32_t) { Pump(); });
+      if (!st.ok()) {
+        // A regular file or /dev/null: always ready (reads and writes never wait on it).
+        w.pollable = false;
+        continue;
+      }
+      w.added = true;
+    }
+    w.events = events;
+  }
+}
+
+void Relay::Finish(Status status) {
+  if (finished_) return;
+  finished_ = true;
+  for (Watch& w : watches_) {
+    if (w.added) loop_->Remove(w.fd);
+    w.added = false;
+  }
+  auto alive = alive_;
+  RelayStats stats = this->stats();
+  auto done = std::move(on_done_);
+  loop_->Defer([alive, stats, status = std::move(status), done = std::move(done)] {
+    if (*alive && done) done(stats, status);
+  });
+}
+
+}  // namespace vsockd::vsockcat
