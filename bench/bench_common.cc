@@ -52,6 +52,7 @@ Result<Child> SpawnRole(const std::string& role, const std::string& path, uint32
                                    "--write-size",
                                    std::to_string(write_size)};
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid;

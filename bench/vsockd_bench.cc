@@ -9,6 +9,13 @@
 // Raw AF_UNIX baselines run the same roles between two processes. Prints a table and writes
 // JSON with each figure and its ratio to the raw figure.
 //
+// vsockperf rows: the vsockperf tool (src/tools/vsockperf) over the hybrid path, against a
+// second vsockd of its own (vsockd takes one vhost-user frontend, and the rig's guest holds
+// the first): `vsockperf -s hvsock://UDS:P` on the host, `vsockperf -c --vguest SOCKET:P`
+// as the guest, guest->host and -R (host->guest) at 64 KiB writes, each figure the
+// receiver's bytes / first-byte-to-EOF time (vsockperf's "receiver" summary), like the raw
+// 64 KiB AF_UNIX figure of the same round it is compared with.
+//
 // Processes: this one runs the virtual guest (vguest on its own loop thread); vsockd is a
 // child process; the host side of each figure is a child running `vsockd_bench --role ...`.
 #include <fmt/format.h>
@@ -20,6 +27,7 @@
 #include <cstdio>
 #include <fstream>
 #include <future>
+#include <iterator>
 #include <map>
 #include <thread>
 
@@ -44,6 +52,10 @@ struct Options {
   double conn_seconds = 2.0;
   std::string json_path = "bench-results.json";
   std::string vsockd_args;
+  // The virtual guest's receive buffer per socket (buf_alloc). Linux's default is 256 KiB
+  // (SO_VM_SOCKETS_BUFFER_SIZE); larger values show how much host -> guest throughput the
+  // guest's credit window, not vsockd, is holding back.
+  uint32_t guest_buf_alloc = 256 * 1024;
   // Runs only the figures whose name contains this (for profiling one path); empty: all.
   std::string only;
 };
@@ -58,11 +70,12 @@ bool WaitForPath(const std::string& path) {
 // Everything that runs against one daemon + one attached guest.
 class VsockRig {
  public:
-  Status Start(const std::vector<std::string>& extra_args) {
+  Status Start(const std::vector<std::string>& extra_args, uint32_t guest_buf_alloc) {
     daemon_ = std::make_unique<Daemon>(dir_, 3, extra_args);
     VSOCKD_RETURN_IF_ERROR(daemon_->Start());
     vguest::GuestOptions options;
     options.socket_path = daemon_->socket_path();
+    options.buf_alloc = guest_buf_alloc;
     auto guest = loop_.Call([&] { return vguest::Guest::Attach(loop_.loop(), options); });
     if (!guest.ok()) return guest.take_error();
     guest_ = std::move(*guest);
@@ -101,7 +114,7 @@ class VsockRig {
       sent.set_value(OkStatus());
     };
     loop_.Call([&] {
-      guest_->Connect(port, [&](vguest::Stream* s, Status st) {
+      guest_->Connect(port, [&](vguest::Stream* s, const Status& st) {
         if (!st.ok()) {
           sent.set_value(st);
           return;
@@ -189,7 +202,7 @@ class VsockRig {
       stream->Write(msg.data(), msg.size());
     };
     loop_.Call([&] {
-      guest_->Connect(port, [&](vguest::Stream* s, Status st) {
+      guest_->Connect(port, [&](vguest::Stream* s, const Status& st) {
         if (!st.ok()) {
           finished.set_value(st);
           return;
@@ -234,7 +247,7 @@ class VsockRig {
         finished.set_value(OkStatus());
         return;
       }
-      guest_->Connect(port, [&](vguest::Stream* s, Status st) {
+      guest_->Connect(port, [&](vguest::Stream* s, const Status& st) {
         if (!st.ok()) {
           finished.set_value(st);
           return;
@@ -264,6 +277,62 @@ class VsockRig {
   LoopThread loop_;
   std::unique_ptr<vguest::Guest> guest_;
   uint32_t next_port_ = 20000;
+};
+
+// vsockperf processes against their own vsockd (see the top of the file).
+class VsockperfRig {
+ public:
+  Status Start(const std::vector<std::string>& extra_args) {
+    daemon_ = std::make_unique<Daemon>(dir_, 3, extra_args);
+    VSOCKD_RETURN_IF_ERROR(daemon_->Start());
+    VSOCKD_RETURN_IF_ERROR(
+        server_.Start({Binary(), "-s", fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)},
+                      dir_.File("vsockperf-server.log")));
+    if (!WaitForPath(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
+      return MakeError(ETIMEDOUT, "vsockperf server did not start: {}", server_.Log());
+    }
+    return OkStatus();
+  }
+  ~VsockperfRig() { server_.Stop(); }
+
+  // One `vsockperf -c --vguest` run of `total` bytes (reverse: the host sends); the
+  // receiver's figure.
+  Result<ThroughputResult> Run(bool reverse, uint64_t total, size_t write_size) {
+    std::string cmd = fmt::format("{} -c --vguest {}:{} -n {} -l {} -i 0 --json{} 2>{}", Binary(),
+                                  daemon_->socket_path(), kPort, total, write_size,
+                                  reverse ? " -R" : "", dir_.File("vsockperf-client.err"));
+    FILE* p = ::popen(cmd.c_str(), "r");
+    if (p == nullptr) return ErrnoError("popen {}", cmd);
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int status = ::pclose(p);
+    if (status != 0) {
+      std::ifstream err(dir_.File("vsockperf-client.err"));
+      std::string why((std::istreambuf_iterator<char>(err)), std::istreambuf_iterator<char>());
+      return MakeError(EIO, "vsockperf client failed (status {}): {}", status, why);
+    }
+    // The summary's receiver figure: {"bytes": N, "seconds": S, ...}.
+    size_t at = out.find("\"summary\"");
+    at = at == std::string::npos ? at : out.find("\"receiver\": {", at);
+    ThroughputResult r;
+    if (at == std::string::npos ||
+        std::sscanf(out.c_str() + at, "\"receiver\": {\"bytes\": %lu, \"seconds\": %lf", &r.bytes,
+                    &r.seconds) != 2 ||
+        r.bytes != total) {
+      return MakeError(EIO, "unexpected vsockperf output (expected {} bytes): {}", total, out);
+    }
+    return r;
+  }
+
+ private:
+  static constexpr uint32_t kPort = 5201;
+  static std::string Binary() { return testing::BuiltBinary("src/tools/vsockperf/vsockperf"); }
+
+  TempDir dir_;
+  std::unique_ptr<Daemon> daemon_;
+  testing::Subprocess server_;
 };
 
 double Median(std::vector<double> v) {
@@ -300,7 +369,7 @@ int RunBench(const Options& o) {
     if (!s.empty()) extra.push_back(s);
   }
   VsockRig rig;
-  if (auto st = rig.Start(extra); !st.ok()) {
+  if (auto st = rig.Start(extra, o.guest_buf_alloc); !st.ok()) {
     std::fprintf(stderr, "cannot start vsockd + vguest: %s\n", st.error().ToString().c_str());
     return 1;
   }
@@ -312,14 +381,25 @@ int RunBench(const Options& o) {
       {"round trip 64 B p50", "us", true, {}, {}},
       {"round trip 64 B p99", "us", true, {}, {}},
       {"connections per second", "conn/s", false, {}, {}},
+      {"vsockperf guest->host 64 KiB (hybrid)", "Gbit/s", false, {}, {}},
+      {"vsockperf host->guest 64 KiB (-R)", "Gbit/s", false, {}, {}},
   };
   auto wanted = [&](size_t i) { return figs[i].name.find(o.only) != std::string::npos; };
+  VsockperfRig perf;
+  if (wanted(7) || wanted(8)) {
+    if (auto st = perf.Start(extra); !st.ok()) {
+      std::fprintf(stderr, "cannot start vsockd + vsockperf: %s\n", st.error().ToString().c_str());
+      return 1;
+    }
+  }
   for (int round = 0; round < o.rounds; ++round) {
     std::fprintf(stderr, "round %d/%d\n", round + 1, o.rounds);
+    double raw64 = -1;  // this round's raw 64 KiB figure, for the vsockperf rows too
     for (int i = 0; i < 2; ++i) {
       size_t ws = i == 0 ? 4096 : 65536;
       if (!wanted(i) && !wanted(2 + i)) continue;
       double raw = Must(RawUnixThroughput(o.bytes, ws), "raw throughput").gbps();
+      if (i == 1) raw64 = raw;
       figs[i].raw.push_back(raw);
       figs[2 + i].raw.push_back(raw);  // AF_UNIX is symmetric: one baseline per size
       if (wanted(i)) {
@@ -341,14 +421,28 @@ int RunBench(const Options& o) {
       figs[6].raw.push_back(Must(RawUnixConnectRate(o.conn_seconds), "raw connect rate"));
       figs[6].vsock.push_back(Must(rig.ConnectRate(o.conn_seconds), "connect rate"));
     }
+    if (wanted(7) || wanted(8)) {
+      if (raw64 < 0) raw64 = Must(RawUnixThroughput(o.bytes, 65536), "raw throughput").gbps();
+      for (int i = 7; i <= 8; ++i) {
+        if (!wanted(i)) continue;
+        figs[i].raw.push_back(raw64);
+        figs[i].vsock.push_back(
+            Must(perf.Run(/*reverse=*/i == 8, o.bytes, 65536), "vsockperf").gbps());
+      }
+    }
   }
 
-  std::printf("\nvsockd + vguest vs raw AF_UNIX (median of %d rounds, %lu MiB per transfer)\n\n",
-              o.rounds, static_cast<unsigned long>(o.bytes >> 20));
+  std::printf(
+      "\nvsockd + vguest vs raw AF_UNIX (median of %d rounds, %lu MiB per transfer, guest "
+      "buf_alloc %u)\n\n",
+      o.rounds, static_cast<unsigned long>(o.bytes >> 20), o.guest_buf_alloc);
   std::printf("| %-40s | %12s | %12s | %7s |\n", "figure", "vsockd", "raw AF_UNIX", "ratio");
   std::printf("|%s|%s|%s|%s|\n", std::string(42, '-').c_str(), std::string(14, '-').c_str(),
               std::string(14, '-').c_str(), std::string(9, '-').c_str());
-  std::string json = "{\n  \"unit_note\": \"ratio = vsockd / raw AF_UNIX\",\n  \"figures\": [\n";
+  std::string json = fmt::format(
+      "{{\n  \"unit_note\": \"ratio = vsockd / raw AF_UNIX\",\n  \"rounds\": {},\n  "
+      "\"bytes_per_transfer\": {},\n  \"guest_buf_alloc\": {},\n  \"figures\": [\n",
+      o.rounds, o.bytes, o.guest_buf_alloc);
   bool first = true;
   for (size_t i = 0; i < figs.size(); ++i) {
     const Figure& f = figs[i];
@@ -376,7 +470,7 @@ int RunBench(const Options& o) {
 }  // namespace
 }  // namespace vsockd::bench
 
-int main(int argc, char** argv) {
+int BenchMain(int argc, char** argv) {
   CLI::App app{"vsockd benchmark: vsockd + vguest against raw AF_UNIX, measured in one run"};
   vsockd::bench::Options o;
   std::string role, path;
@@ -388,6 +482,8 @@ int main(int argc, char** argv) {
   app.add_option("--rtt-count", o.rtt_count, "round trips per latency measurement");
   app.add_option("--conn-seconds", o.conn_seconds, "seconds per connection-rate measurement");
   app.add_option("--vsockd-args", o.vsockd_args, "extra vsockd flags, space separated");
+  app.add_option("--guest-buf-alloc", o.guest_buf_alloc,
+                 "the virtual guest's per-socket receive buffer (Linux default 262144)");
   app.add_option("--only", o.only, "run only the figures whose name contains this text");
   // Internal: the host-side roles run in child processes.
   app.add_option("--role", role)->group("");
@@ -399,4 +495,15 @@ int main(int argc, char** argv) {
     return vsockd::bench::RunRole(role, path, port, o.bytes, static_cast<size_t>(write_size));
   }
   return vsockd::bench::RunBench(o);
+}
+
+int main(int argc, char** argv) {
+  // The project's code does not throw; this reports the standard library's own exceptions
+  // (std::bad_alloc, CLI11 internals) instead of aborting.
+  try {
+    return BenchMain(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vsockd_bench: fatal: %s\n", e.what());
+    return 1;
+  }
 }

@@ -3,7 +3,8 @@
 # Usage: scripts/install-deps.sh [--test]   (--test adds QEMU and clang for the tests/fuzzers)
 set -euo pipefail
 
-pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat)
+pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat
+      nlohmann-json3-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(qemu-system-x86 clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14)
 fi

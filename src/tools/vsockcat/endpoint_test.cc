@@ -21,11 +21,11 @@ TEST(EndpointTest, LibvsockForms) {
   EXPECT_EQ(e->address, vsock::Address::vsock(vsock::cid_any, 5000));
   // A bare port is for listening only.
   EXPECT_FALSE(ParseEndpoint("5000", false).ok());
-  e = ParseEndpoint("unix:/tmp/a b", false);
+  e = ParseEndpoint("unix:/run/a b", false);
   EXPECT_FALSE(e.ok());
-  e = ParseEndpoint("unix:/tmp/s", false);
+  e = ParseEndpoint("unix:/run/s", false);
   ASSERT_TRUE(e.ok());
-  EXPECT_EQ(e->address, vsock::Address::unix_socket("/tmp/s"));
+  EXPECT_EQ(e->address, vsock::Address::unix_socket("/run/s"));
 }
 
 TEST(EndpointTest, SocatWords) {
@@ -37,10 +37,10 @@ TEST(EndpointTest, SocatWords) {
   ASSERT_TRUE(e.ok());
   EXPECT_EQ(e->role, Endpoint::Role::kConnect);
   EXPECT_EQ(e->address, vsock::Address::vsock(2, 80));
-  e = ParseEndpoint("unix-listen:/tmp/l", false);
+  e = ParseEndpoint("unix-listen:/run/l", false);
   ASSERT_TRUE(e.ok());
   EXPECT_EQ(e->role, Endpoint::Role::kListen);
-  EXPECT_EQ(e->address, vsock::Address::unix_socket("/tmp/l"));
+  EXPECT_EQ(e->address, vsock::Address::unix_socket("/run/l"));
   EXPECT_FALSE(ParseEndpoint("tcp-connect:h:1", true).ok());
 }
 

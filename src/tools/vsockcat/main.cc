@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -46,6 +47,7 @@ constexpr int kExitError = 1;
 constexpr int kExitUsage = 2;
 
 EventLoop* g_loop = nullptr;
+std::optional<rlimit> g_nofile;  // the RLIMIT_NOFILE we started with, if we raised it
 void OnStopSignal(int) {
   if (g_loop != nullptr) g_loop->Stop();
 }
@@ -61,6 +63,7 @@ struct Options {
   bool verbose = false;
   unsigned max_connections = 256;
   size_t buffer_size = Relay::kDefaultBufferSize;
+  bool no_splice = false;
   std::vector<std::string> addresses;
 };
 
@@ -133,6 +136,15 @@ class App {
       Say("{}", msg);
       return false;
     };
+    // socat's two-address form with stdio on one side: `vsockcat - ADDRESS`.
+    if (opt_.addresses.size() == 2 && !opt_.forward) {
+      auto is_stdio = [](const std::string& a) { return a == "-" || a == "stdio"; };
+      if (is_stdio(opt_.addresses[0])) {
+        opt_.addresses.erase(opt_.addresses.begin());
+      } else if (is_stdio(opt_.addresses[1])) {
+        opt_.addresses.pop_back();
+      }
+    }
     const size_t n = opt_.addresses.size();
     if (opt_.forward && n != 2) return usage("--forward needs two addresses: FROM TO");
     if (n == 2) opt_.forward = true;
@@ -342,6 +354,7 @@ class App {
       ::signal(SIGPIPE, SIG_DFL);
       ::signal(SIGINT, SIG_DFL);
       ::signal(SIGTERM, SIG_DFL);
+      if (g_nofile) (void)::setrlimit(RLIMIT_NOFILE, &*g_nofile);
       if (::dup2(conn.get(), STDIN_FILENO) < 0 || ::dup2(conn.get(), STDOUT_FILENO) < 0) {
         ::_exit(126);
       }
@@ -405,6 +418,7 @@ class App {
             EndForward(it);
           },
           opt_.buffer_size);
+      f.relay->set_use_splice(!opt_.no_splice);
       f.relay->Start();
     });
     f.dialer->Start();
@@ -473,15 +487,20 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   cli.add_option("--max-connections", opt.max_connections,
                  "Most connections (or --exec children) at once; more wait in the backlog")
+      ->type_name("N")
       ->check(CLI::Range(1u, 1000000u))
       ->capture_default_str();
   cli.add_option("--buffer-size", opt.buffer_size, "Relay buffer per direction, in bytes")
+      ->type_name("BYTES")
       ->check(CLI::Range(size_t{4096}, size_t{64} << 20))
       ->capture_default_str();
+  cli.add_flag("--no-splice", opt.no_splice,
+               "Socket to socket: copy with read/write instead of splice(2)");
   cli.add_flag("-q,--quiet", opt.quiet, "Do not report per-connection errors in --forward/-k");
   cli.add_flag("-v,--verbose", opt.verbose, "Report connections and byte counts on stderr");
   cli.set_version_flag("--version", "vsockcat " VSOCKCAT_VERSION);
-  cli.add_option("address", opt.addresses, "ADDRESS, or FROM TO")->type_name("ADDRESS");
+  cli.add_option("address", opt.addresses, "ADDRESS, or FROM TO (`-` or stdio: stdin/stdout)")
+      ->type_name("ADDRESS");
   try {
     cli.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -490,7 +509,14 @@ int Main(int argc, char** argv) {
   }
   if (opt.quiet && opt.verbose) opt.quiet = false;
 
+  // splice(2) and send() to a closed peer must fail with EPIPE, not kill us.
   ::signal(SIGPIPE, SIG_IGN);
+  // Each forwarded connection holds two sockets and two splice pipes: use the hard limit.
+  if (rlimit rl{}; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    g_nofile = rl;  // --exec children get the limit they would have had
+    rl.rlim_cur = rl.rlim_max;
+    (void)::setrlimit(RLIMIT_NOFILE, &rl);
+  }
   auto loop = EventLoop::Create();
   if (!loop.ok()) {
     Say("{}", loop.error().ToString());

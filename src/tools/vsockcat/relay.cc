@@ -55,6 +55,15 @@ void Relay::Start() {
   started_ = true;
   for (Direction& d : dirs_) {
     d.to_is_socket = IsSocket(d.to);
+    if (use_splice_ && d.to_is_socket && IsSocket(d.from)) {
+      int p[2];
+      if (::pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0) {
+        d.pipe_r.Reset(p[0]);
+        d.pipe_w.Reset(p[1]);
+        // As much in flight as the read/write buffer would hold (64 KiB if refused).
+        (void)::fcntl(p[1], F_SETPIPE_SZ, static_cast<int>(buffer_size_));
+      }
+    }
     (void)SetNonBlocking(d.from);
     (void)SetNonBlocking(d.to);
   }
@@ -68,7 +77,49 @@ void Relay::Start() {
 Status Relay::Step(Direction& d, bool* yield) {
   uint64_t moved = 0;
   while (!d.done) {
-    if (d.head < d.tail) {
+    if (d.pipe_r) {
+      // splice mode: the same steps as below, with the pipe as the buffer.
+      if (d.in_pipe > 0) {
+        ssize_t n = ::splice(d.pipe_r.get(), nullptr, d.to, nullptr, d.in_pipe,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          d.in_pipe -= static_cast<size_t>(n);
+          d.bytes += static_cast<uint64_t>(n);
+          moved += static_cast<uint64_t>(n);
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          d.wait = Direction::Wait::kOut;
+          return OkStatus();
+        }
+        return ErrnoError("write to {}", d.to_name);
+      }
+      if (!d.eof && moved < kTurnBytes) {
+        ssize_t n = ::splice(d.from, nullptr, d.pipe_w.get(), nullptr, buffer_size_,
+                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n > 0) {
+          d.in_pipe = static_cast<size_t>(n);
+          continue;
+        }
+        if (n == 0) {
+          d.eof = true;
+          continue;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          d.wait = Direction::Wait::kIn;
+          return OkStatus();
+        }
+        if (errno == EINVAL) {
+          // This socket type cannot splice: plain reads and writes from now on.
+          d.pipe_r.Reset();
+          d.pipe_w.Reset();
+          continue;
+        }
+        return ErrnoError("read from {}", d.from_name);
+      }
+    } else if (d.head < d.tail) {
       ssize_t n = d.to_is_socket ? ::send(d.to, d.buf.get() + d.head, d.tail - d.head, MSG_NOSIGNAL)
                                  : ::write(d.to, d.buf.get() + d.head, d.tail - d.head);
       if (n > 0) {

@@ -1,9 +1,10 @@
 // Relay: copies bytes both ways between two endpoints (two sockets, or a socket and
 // stdin/stdout), event driven on an EventLoop, with half-close and back-pressure.
 //
-// Each direction has one bounded buffer: it reads from its source only when the buffer is
-// empty and writes it out before reading more, so a side whose peer cannot take more is
-// simply not read (its socket buffer fills and TCP / vsock credit push back to the sender).
+// Each direction has one bounded buffer (socket -> socket: a pipe, filled and drained with
+// splice(2)): it reads from its source only when the buffer is empty and writes it out
+// before reading more, so a side whose peer cannot take more is simply not read (its socket
+// buffer fills and TCP / vsock credit push back to the sender).
 // EOF on a source -> once its buffer is written, shutdown(SHUT_WR) on the destination (a
 // socket); the other direction goes on until it ends too. A read or write error ends the
 // whole relay. Fds that epoll refuses (regular files, /dev/null) count as always ready.
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "base/event_loop.h"
+#include "base/fd.h"
 #include "base/result.h"
 
 namespace vsockd::vsockcat {
@@ -50,6 +52,11 @@ class Relay {
   Relay(const Relay&) = delete;
   Relay& operator=(const Relay&) = delete;
 
+  // Socket -> socket directions move data with splice(2) through a pipe (no copy through
+  // user space) unless turned off before Start(); other directions, or a kernel that
+  // refuses, use read/write with the buffer. A splice to a closed socket may raise SIGPIPE
+  // (it has no MSG_NOSIGNAL): processes that splice ignore SIGPIPE, as vsockcat does.
+  void set_use_splice(bool on) { use_splice_ = on; }
   // Sets the fds non-blocking (the owner restores stdin/stdout flags if it cares) and starts.
   void Start();
   RelayStats stats() const;
@@ -61,6 +68,8 @@ class Relay {
     std::string from_name, to_name;
     std::unique_ptr<uint8_t[]> buf;
     size_t head = 0, tail = 0;
+    Fd pipe_r, pipe_w;  // splice mode: the pipe holds what was read and not yet written
+    size_t in_pipe = 0;
     bool eof = false;   // the source said EOF
     bool done = false;  // EOF passed on: nothing more to do
     enum class Wait { kNone, kIn, kOut } wait = Wait::kNone;
@@ -85,6 +94,7 @@ class Relay {
   size_t buffer_size_;
   Direction dirs_[2];  // 0: a -> b, 1: b -> a
   std::vector<Watch> watches_;
+  bool use_splice_ = true;
   bool started_ = false;
   bool finished_ = false;
   bool yield_scheduled_ = false;

@@ -111,7 +111,7 @@ class TcpEcho {
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
+    EXPECT_EQ(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
     socklen_t len = sizeof a;
     ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
@@ -334,13 +334,13 @@ class VsockcatGuestTest : public ::testing::Test {
   // half-closing; returns their observers (the data coming back is hashed).
   std::vector<std::shared_ptr<StreamObserver>> GuestConnects(uint32_t port, int count,
                                                              size_t bytes) {
-    std::vector<std::shared_ptr<StreamObserver>> obs;
-    for (int i = 0; i < count; ++i) obs.push_back(std::make_shared<StreamObserver>());
+    std::vector<std::shared_ptr<StreamObserver>> obs(static_cast<size_t>(count));
+    for (auto& o : obs) o = std::make_shared<StreamObserver>();
     loop_.Call([&] {
       for (int i = 0; i < count; ++i) {
         auto data = PatternBytes(bytes, 100 + static_cast<uint64_t>(i));
         auto o = obs[static_cast<size_t>(i)];
-        guest_->Connect(port, [this, o, data](vguest::Stream* s, Status st) {
+        guest_->Connect(port, [this, o, data](vguest::Stream* s, const Status& st) {
           if (!st.ok()) {
             o->closed_code = st.error().code;
             o->closed = true;
@@ -375,6 +375,7 @@ TEST_F(VsockcatGuestTest, ForwardTcpToGuestManyConcurrentClients) {
   constexpr size_t kBytes = 3 << 20;
   std::vector<std::thread> clients;
   std::atomic<int> good{0};
+  clients.reserve(kClients);
   for (int i = 0; i < kClients; ++i) {
     clients.emplace_back([&, i] {
       auto fd = ConnectTcp(port);
@@ -470,15 +471,15 @@ TEST_F(VsockcatGuestTest, ForwardToARefusingGuestPortClosesTheClient) {
 // -l -k --exec: every guest connection to host port 7002 gets its own `tr a-z A-Z`.
 TEST_F(VsockcatGuestTest, ExecPerConnectionWithKeepOpen) {
   StartVsockcat({"-l", "-k", "--exec", "tr a-z A-Z", Hybrid(7002)});
-  std::vector<std::shared_ptr<StreamObserver>> obs;
-  for (int i = 0; i < 3; ++i) obs.push_back(std::make_shared<StreamObserver>());
+  std::vector<std::shared_ptr<StreamObserver>> obs(3);
+  for (auto& o : obs) o = std::make_shared<StreamObserver>();
   loop_.Call([&] {
     for (size_t i = 0; i < obs.size(); ++i) {
       auto o = obs[i];
       o->keep_data = true;
       std::string text = "hello number " + std::to_string(i) + "\n";
       std::vector<uint8_t> data(text.begin(), text.end());
-      guest_->Connect(7002, [this, o, data](vguest::Stream* s, Status st) {
+      guest_->Connect(7002, [this, o, data](vguest::Stream* s, const Status& st) {
         if (!st.ok()) {
           o->closed = true;
           return;
@@ -564,6 +565,10 @@ TEST(VsockcatLocalTest, ConnectRelaysAFileBothWaysWithHalfClose) {
   std::string got = ReadFile(out);
   EXPECT_EQ(got.size(), data.size());
   EXPECT_EQ(Fnv1a({reinterpret_cast<const uint8_t*>(got.data()), got.size()}), Fnv1a(data));
+  // socat's spelling with stdio as an address.
+  r = RunCommand("echo socat-style | " + Vsockcat() + " - unix-connect:" + dir.File("echo.sock"));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "socat-style\n");
 }
 
 }  // namespace

@@ -167,6 +167,12 @@ class Client {
   void OnTimeUp() {
     if (finished_) return;
     stop_ = true;
+    // What is still in flight takes well under this; a silent peer must not hang us.
+    loop_->AddTimer(std::chrono::seconds(10), [this] {
+      if (!finished_) {
+        Fail(MakeError(ETIMEDOUT, "the test did not finish within 10 s of its end"));
+      }
+    });
     if (o_.kind == TestKind::kThroughput && !o_.reverse) {
       for (auto& s : streams_) Pump(*s);
     }
