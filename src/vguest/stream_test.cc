@@ -94,7 +94,7 @@ class StreamTest : public ::testing::Test {
   std::unique_ptr<Stream> Connected(uint32_t peer_buf = 256 * 1024, uint32_t buf = 256 * 1024) {
     auto s = std::make_unique<Stream>(&host_, Config(buf));
     Status result = MakeError(EINVAL, "not called");
-    s->StartConnect([&](Stream*, Status st) { result = st; });
+    s->StartConnect([&](Stream*, const Status& st) { result = st; });
     s->OnPacket(FromPeer(VIRTIO_VSOCK_OP_RESPONSE, 0, 0, peer_buf), {});
     EXPECT_TRUE(result.ok());
     host_.sent.clear();
@@ -107,7 +107,7 @@ TEST_F(StreamTest, ConnectSendsRequestWithOurCreditAndCompletesOnResponse) {
   Stream s(&host_, Config(128 * 1024));
   int calls = 0;
   Status result;
-  s.StartConnect([&](Stream* st, Status r) {
+  s.StartConnect([&](Stream* st, const Status& r) {
     EXPECT_EQ(st, &s);
     ++calls;
     result = r;
@@ -135,7 +135,7 @@ TEST_F(StreamTest, ConnectSendsRequestWithOurCreditAndCompletesOnResponse) {
 TEST_F(StreamTest, ConnectRefusedByRstReportsConnResetAndSendsNothing) {
   Stream s(&host_, Config());
   Status result;
-  s.StartConnect([&](Stream*, Status r) { result = r; });
+  s.StartConnect([&](Stream*, const Status& r) { result = r; });
   host_.sent.clear();
   s.OnPacket(FromPeer(VIRTIO_VSOCK_OP_RST), {});
   ASSERT_FALSE(result.ok());
@@ -148,7 +148,7 @@ TEST_F(StreamTest, ConnectRefusedByRstReportsConnResetAndSendsNothing) {
 TEST_F(StreamTest, ConnectTimeoutReportsEtimedout) {
   Stream s(&host_, Config());
   Status result;
-  s.StartConnect([&](Stream*, Status r) { result = r; });
+  s.StartConnect([&](Stream*, const Status& r) { result = r; });
   host_.sent.clear();
   host_.FireAllTimers();
   ASSERT_FALSE(result.ok());
@@ -159,7 +159,7 @@ TEST_F(StreamTest, ConnectTimeoutReportsEtimedout) {
 TEST_F(StreamTest, UnexpectedOpWhileConnectingIsEprotoAndRst) {
   Stream s(&host_, Config());
   Status result;
-  s.StartConnect([&](Stream*, Status r) { result = r; });
+  s.StartConnect([&](Stream*, const Status& r) { result = r; });
   host_.sent.clear();
   s.OnPacket(FromPeer(VIRTIO_VSOCK_OP_RW, 3), Bytes("abc"));
   ASSERT_FALSE(result.ok());
@@ -339,7 +339,7 @@ TEST_F(StreamTest, PeerShutdownBothIsAnsweredWithRstAndFinishesCleanly) {
   bool eof = false;
   Status closed = MakeError(EINVAL, "not called");
   s->on_eof = [&] { eof = true; };
-  s->on_closed = [&](Status st) { closed = st; };
+  s->on_closed = [&](const Status& st) { closed = st; };
   s->OnPacket(
       FromPeer(VIRTIO_VSOCK_OP_SHUTDOWN, 0, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND),
       {});
@@ -365,7 +365,7 @@ TEST_F(StreamTest, ShutdownBitsAreStickyAndSentOnce) {
 TEST_F(StreamTest, PeerResetReportsConnReset) {
   auto s = Connected();
   Status closed;
-  s->on_closed = [&](Status st) { closed = st; };
+  s->on_closed = [&](const Status& st) { closed = st; };
   s->OnPacket(FromPeer(VIRTIO_VSOCK_OP_RST), {});
   ASSERT_FALSE(closed.ok());
   EXPECT_EQ(closed.error().code, ECONNRESET);
@@ -375,7 +375,7 @@ TEST_F(StreamTest, PeerResetReportsConnReset) {
 TEST_F(StreamTest, CloseSendsShutdownThenLingersUntilRst) {
   auto s = Connected();
   int callbacks = 0;
-  s->on_closed = [&](Status) { ++callbacks; };
+  s->on_closed = [&](const Status&) { ++callbacks; };
   s->on_data = [&](std::span<const uint8_t>) { ++callbacks; };
   s->Close();
   ASSERT_EQ(host_.Ops(), std::vector<uint16_t>{VIRTIO_VSOCK_OP_SHUTDOWN});
@@ -402,7 +402,7 @@ TEST_F(StreamTest, CloseTimeoutSendsRst) {
 TEST_F(StreamTest, CloseWhileConnectingSendsNothingAndSkipsCallback) {
   Stream s(&host_, Config());
   bool called = false;
-  s.StartConnect([&](Stream*, Status) { called = true; });
+  s.StartConnect([&](Stream*, const Status&) { called = true; });
   host_.sent.clear();
   s.Close();
   EXPECT_TRUE(host_.sent.empty());
@@ -440,7 +440,7 @@ TEST_F(StreamTest, EveryPacketCarriesCurrentFwdCnt) {
 TEST_F(StreamTest, LocalResetReportsGivenError) {
   auto s = Connected();
   Status closed;
-  s->on_closed = [&](Status st) { closed = st; };
+  s->on_closed = [&](const Status& st) { closed = st; };
   s->ResetLocally(MakeError(ECONNRESET, "driver reset"));
   ASSERT_FALSE(closed.ok());
   EXPECT_EQ(closed.error().code, ECONNRESET);

@@ -40,7 +40,9 @@ std::string FindOnPath(const std::string& name) {
     if (end == std::string::npos) end = all.size();
     std::string dir = all.substr(start, end - start);
     if (!dir.empty()) {
-      std::string candidate = dir + "/" + name;
+      std::string candidate = dir;
+      candidate += "/";
+      candidate += name;
       if (::access(candidate.c_str(), X_OK) == 0) return candidate;
     }
     start = end + 1;
@@ -181,6 +183,7 @@ TEST(QemuHandshakeTest, QemuRealizesVhostUserVsockAndQuits) {
       "-qmp",        "unix:" + qmp_path + ",server=on,wait=off",
   };
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
 

@@ -207,7 +207,8 @@ TEST(GuestMemoryTest, MapsSharedRegionsWithUnalignedOffsetsAndClosesFds) {
 
   uint8_t* p = mem->GpaToHost(0x100010, 4);
   ASSERT_NE(p, nullptr);
-  std::memcpy(p, "abcd", 4);
+  const uint8_t abcd[4] = {'a', 'b', 'c', 'd'};
+  std::memcpy(p, abcd, sizeof abcd);
   char buf[4] = {};
   ASSERT_EQ(pread(check, buf, 4, 0x8123 + 0x10), 4);
   EXPECT_EQ(std::memcmp(buf, "abcd", 4), 0);  // MAP_SHARED, offset applied by us

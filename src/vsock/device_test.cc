@@ -692,11 +692,12 @@ TEST_F(DeviceTest, ConnectToGuestAccepted) {
   ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
   Fd mine(sv[0]);
   Fd theirs(sv[1]);
-  auto id = device_->ConnectToGuest(5000, [&](Result<uint32_t> r) -> std::optional<HostStream> {
-    result = r;
-    if (!r.ok()) return std::nullopt;
-    return HostStream{std::move(theirs), "early"};
-  });
+  auto id =
+      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
+        result = r;
+        if (!r.ok()) return std::nullopt;
+        return HostStream{std::move(theirs), "early"};
+      });
   ASSERT_TRUE(id.ok());
   auto req = NextRx();
   ASSERT_TRUE(req);
@@ -725,10 +726,11 @@ TEST_F(DeviceTest, ConnectToGuestAccepted) {
 
 TEST_F(DeviceTest, ConnectToGuestRefused) {
   std::optional<Result<uint32_t>> result;
-  auto id = device_->ConnectToGuest(5000, [&](Result<uint32_t> r) -> std::optional<HostStream> {
-    result = r;
-    return std::nullopt;
-  });
+  auto id =
+      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
+        result = r;
+        return std::nullopt;
+      });
   ASSERT_TRUE(id.ok());
   auto req = NextRx();
   ASSERT_TRUE(req);
@@ -745,7 +747,7 @@ TEST_F(DeviceTest, ConnectToGuestRefused) {
 TEST_F(DeviceTest, ConnectToGuestWaitsForRxBuffers) {
   Make(DeviceOptions{}, FakeGuestOptions{}, /*rx_buffers=*/0);
   auto id = device_->ConnectToGuest(
-      5000, [&](Result<uint32_t>) -> std::optional<HostStream> { return std::nullopt; });
+      5000, [&](const Result<uint32_t>&) -> std::optional<HostStream> { return std::nullopt; });
   ASSERT_TRUE(id.ok());
   Pump();
   EXPECT_EQ(device_->stats().rx_packets, 0u);
@@ -762,10 +764,11 @@ TEST_F(DeviceTest, ConnectToGuestTimesOut) {
   o.connect_timeout = std::chrono::milliseconds(10);
   Make(o, FakeGuestOptions{});
   std::optional<Result<uint32_t>> result;
-  auto id = device_->ConnectToGuest(5000, [&](Result<uint32_t> r) -> std::optional<HostStream> {
-    result = r;
-    return std::nullopt;
-  });
+  auto id =
+      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
+        result = r;
+        return std::nullopt;
+      });
   ASSERT_TRUE(id.ok());
   ASSERT_TRUE(RunUntil([&] { return result.has_value(); }));
   ASSERT_FALSE(result->ok());
@@ -781,10 +784,11 @@ TEST_F(DeviceTest, ConnectToGuestTimesOut) {
 
 TEST_F(DeviceTest, CancelConnectToGuest) {
   bool called = false;
-  auto id = device_->ConnectToGuest(5000, [&](Result<uint32_t>) -> std::optional<HostStream> {
-    called = true;
-    return std::nullopt;
-  });
+  auto id =
+      device_->ConnectToGuest(5000, [&](const Result<uint32_t>&) -> std::optional<HostStream> {
+        called = true;
+        return std::nullopt;
+      });
   ASSERT_TRUE(id.ok());
   auto req = NextRx();
   ASSERT_TRUE(req);
@@ -801,7 +805,7 @@ TEST_F(DeviceTest, DriverResetResetsConnections) {
   std::optional<Result<uint32_t>> result;
   ASSERT_TRUE(device_
                   ->ConnectToGuest(6000,
-                                   [&](Result<uint32_t> r) -> std::optional<HostStream> {
+                                   [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
                                      result = r;
                                      return std::nullopt;
                                    })

@@ -133,7 +133,7 @@ int Server(uint32_t port) {
     sockaddr_un ua{};
     ua.sun_family = AF_UNIX;
     std::snprintf(ua.sun_path, sizeof ua.sun_path, "%s", stale_path.c_str());
-    ::bind(u, reinterpret_cast<sockaddr*>(&ua), sizeof ua);
+    Check(::bind(u, reinterpret_cast<sockaddr*>(&ua), sizeof ua) == 0, "stale socket file");
     ::close(u);  // the file stays, nobody holds it
   }
   int stale = VsockSocket();
@@ -356,7 +356,8 @@ int Fake(uint32_t cid) {
 
   // An ERR reply after EINPROGRESS: the first read reports it.
   s = VsockSocket(SOCK_NONBLOCK);
-  ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  int rc = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  Check(rc < 0 && errno == EINPROGRESS, "fake ERR: connect in progress");
   d = ::accept(l, nullptr, nullptr);
   ReadCommand(d);
   WriteAll(d, "ERR guest did not answer on port 4242 in time\n");

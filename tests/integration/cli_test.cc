@@ -75,7 +75,7 @@ class VguestCliTest : public ::testing::Test {
 TEST_F(VguestCliTest, InfoPrintsTheCid) {
   auto r = RunCommand(Vguest() + " --socket " + daemon_.socket_path() + " info");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("7"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find('7'), std::string::npos) << r.output;
 }
 
 TEST_F(VguestCliTest, ConnectRelaysStdinAndStdout) {

@@ -61,7 +61,7 @@ class DaemonTest : public ::testing::Test {
   vguest::Stream* ConnectToHost(uint32_t port, Status* result = nullptr) {
     std::promise<std::pair<vguest::Stream*, Status>> done;
     loop_.Call([&] {
-      guest_->Connect(port, [&](vguest::Stream* s, Status st) { done.set_value({s, st}); });
+      guest_->Connect(port, [&](vguest::Stream* s, const Status& st) { done.set_value({s, st}); });
       return 0;
     });
     auto f = done.get_future();
@@ -156,7 +156,7 @@ TEST_F(DaemonTest, ThousandConcurrentConnections) {
   std::atomic<int> connected{0}, failed{0};
   loop_.Call([&] {
     for (int i = 0; i < kConns; ++i) {
-      guest_->Connect(7777, [&, i](vguest::Stream* s, Status st) {
+      guest_->Connect(7777, [&, i](vguest::Stream* s, const Status& st) {
         if (!st.ok()) {
           failed++;
           return;

@@ -15,7 +15,7 @@ StreamDriver::StreamDriver(vguest::Stream* stream, std::shared_ptr<StreamObserve
     if (obs->keep_data) obs->data.insert(obs->data.end(), d.begin(), d.end());
   };
   stream_->on_eof = [obs = obs_] { obs->eof = true; };
-  stream_->on_closed = [obs = obs_](Status s) {
+  stream_->on_closed = [obs = obs_](const Status& s) {
     obs->closed_code = s.ok() ? 0 : s.error().code;
     obs->closed = true;
   };

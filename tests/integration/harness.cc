@@ -36,6 +36,7 @@ Subprocess::~Subprocess() {
 Status Subprocess::Start(const std::vector<std::string>& argv, const std::string& log_path) {
   log_path_ = log_path;
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid = ::fork();

@@ -235,8 +235,8 @@ class Client {
       s->out.Set(header);
       s->conn->on_error = [this](const Error& e) { Fail(e); };
       if (o_.reverse) {
-        s->conn->on_writable = [this, s] { s->out.Flush(*s->conn); };
-        s->conn->on_data = [this, s](std::span<const uint8_t> d) {
+        s->conn->on_writable = [s] { s->out.Flush(*s->conn); };
+        s->conn->on_data = [s](std::span<const uint8_t> d) {
           if (!s->got_first) {
             s->got_first = true;
             s->first_rx = Clock::now();
