@@ -6,7 +6,7 @@ set -euo pipefail
 pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat
       nlohmann-json3-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(qemu-system-x86 clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14)
+  pkgs+=(qemu-system-x86 clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3)
 fi
 
 missing=()
