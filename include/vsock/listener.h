@@ -7,8 +7,10 @@
 //  - hvsock://PATH:PORT the host side of guest -> host connections through vsockd: a Unix
 //                       socket listening on "PATH_PORT", which is where vsockd (started
 //                       with --uds-path PATH) connects when a guest connects to host
-//                       (CID 2) port PORT. The hybrid convention tells nothing about the
-//                       guest end, so accepted streams have peer_address() vsock://any:any.
+//                       (CID 2) port PORT. vsockd names its end of each such connection
+//                       after the calling guest, so accepted streams have peer_address()
+//                       vsock://GUEST-CID:GUEST-PORT; a peer that is not vsockd (or an
+//                       older hybrid device) shows as vsock://any:any.
 //  - unix:PATH          a Unix socket listening on PATH.
 // For Unix paths, a stale socket file that nobody listens on any more is replaced; a path
 // where a live listener answers fails with std::errc::address_in_use (found out by

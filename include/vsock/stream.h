@@ -90,7 +90,7 @@ class VSOCK_API Stream {
   // The addresses recorded when the stream was made. vsock: from getsockname/getpeername.
   // Hybrid (connect): peer = hvsock://PATH:PORT; local = vsock://any:any (the convention
   // does not say). Hybrid (accept): local = hvsock://PATH:PORT of the listener; peer =
-  // vsock://any:any (vsockd does not tell which guest CID/port connected). Unix: unix:PATH
+  // vsock://GUEST-CID:GUEST-PORT from vsockd's caller name, else vsock://any:any. Unix: unix:PATH
   // where the socket has a name, else vsock://any:any.
   const Address& local_address() const { return local_; }
   const Address& peer_address() const { return peer_; }

@@ -9,6 +9,7 @@
 
 #include <utility>
 
+#include "host/caller_name.h"  // header-only: compiled in, not installed
 #include "libvsock/internal.h"
 
 namespace vsock {
@@ -100,6 +101,12 @@ Stream Listener::accept(std::error_code& ec) {
   } else if (local_.is_unix()) {
     if (auto p = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len, ignored)) {
       peer = *p;
+    }
+  } else if (local_.is_hybrid()) {
+    // vsockd binds its end to an abstract name carrying the guest's CID and port.
+    vsockd::host::CallerName caller;
+    if (vsockd::host::ParseCallerAddress(reinterpret_cast<const sockaddr_un*>(&ss), len, &caller)) {
+      peer = Address::vsock(static_cast<uint32_t>(caller.guest_cid), caller.guest_port);
     }
   }
   return Stream(fd, std::move(local), std::move(peer));
