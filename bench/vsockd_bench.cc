@@ -31,6 +31,7 @@
 #include <map>
 #include <thread>
 
+#include "base/run_main.h"
 #include "bench/bench_common.h"
 #include "tests/integration/harness.h"
 #include "vguest/guest.h"
@@ -497,13 +498,4 @@ int BenchMain(int argc, char** argv) {
   return vsockd::bench::RunBench(o);
 }
 
-int main(int argc, char** argv) {
-  // The project's code does not throw; this reports the standard library's own exceptions
-  // (std::bad_alloc, CLI11 internals) instead of aborting.
-  try {
-    return BenchMain(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "vsockd_bench: fatal: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return vsockd::RunMain("vsockd_bench", BenchMain, argc, argv); }

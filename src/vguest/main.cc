@@ -20,6 +20,7 @@
 
 #include "base/event_loop.h"
 #include "base/log.h"
+#include "base/run_main.h"
 #include "vguest/guest.h"
 #include "vhost_user/protocol.h"
 #include "virtio/virtio_ring.h"
@@ -372,12 +373,5 @@ int Main(int argc, char** argv) {
 }  // namespace vsockd::vguest
 
 int main(int argc, char** argv) {
-  // The project's code does not throw; this only catches the standard library's own
-  // (std::bad_alloc) so a failure is reported, not an abort.
-  try {
-    return vsockd::vguest::Main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "vguest: fatal: %s\n", e.what());
-    return 1;
-  }
+  return vsockd::RunMain("vguest", vsockd::vguest::Main, argc, argv);
 }

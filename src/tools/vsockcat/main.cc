@@ -31,6 +31,7 @@
 
 #include "base/event_loop.h"
 #include "base/fd.h"
+#include "base/run_main.h"
 #include "host/caller_name.h"
 #include "tools/vsockcat/endpoint.h"
 #include "tools/vsockcat/relay.h"
@@ -539,12 +540,5 @@ int Main(int argc, char** argv) {
 }  // namespace vsockd::vsockcat
 
 int main(int argc, char** argv) {
-  // The project's code does not throw; this only catches the standard library's own
-  // (std::bad_alloc) so a failure is reported, not an abort.
-  try {
-    return vsockd::vsockcat::Main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "vsockcat: fatal: %s\n", e.what());
-    return 1;
-  }
+  return vsockd::RunMain("vsockcat", vsockd::vsockcat::Main, argc, argv);
 }

@@ -19,6 +19,7 @@
 
 #include "base/event_loop.h"
 #include "base/log.h"
+#include "base/run_main.h"
 #include "tools/vsockperf/perf.h"
 #include "tools/vsockperf/protocol.h"
 #include "tools/vsockperf/report.h"
@@ -216,12 +217,5 @@ int Main(int argc, char** argv) {
 }  // namespace vsockd::vsockperf
 
 int main(int argc, char** argv) {
-  // We report errors by value; this only catches what the standard library or CLI11 might
-  // still throw (std::bad_alloc), so the process fails with a message instead of abort().
-  try {
-    return vsockd::vsockperf::Main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "vsockperf: %s\n", e.what());
-    return 1;
-  }
+  return vsockd::RunMain("vsockperf", vsockd::vsockperf::Main, argc, argv);
 }
