@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -175,6 +176,19 @@ uint64_t Fnv1a(std::span<const uint8_t> data, uint64_t h) {
     h *= 0x100000001b3ull;
   }
   return h;
+}
+
+RunResult RunCommand(const std::string& cmd) {
+  RunResult r;
+  std::string full = "timeout 60 " + cmd + " 2>&1";
+  FILE* p = ::popen(full.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
 }
 
 Result<std::string> ReadLine(int fd, size_t max) {

@@ -115,6 +115,13 @@ uint64_t Fnv1a(std::span<const uint8_t> data, uint64_t h = 0xcbf29ce484222325ull
 // the reply line. On "OK ..." returns the connected stream; else an error carrying the line.
 Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply = nullptr);
 
+// Runs a shell command line (under `timeout 60`) and collects its stdout + stderr.
+struct RunResult {
+  int exit_code = -1;  // -1 if it did not exit normally
+  std::string output;
+};
+RunResult RunCommand(const std::string& cmd);
+
 // Reads a line (up to '\n', excluded) byte by byte from a blocking fd.
 Result<std::string> ReadLine(int fd, size_t max = 256);
 

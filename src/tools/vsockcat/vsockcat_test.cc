@@ -29,25 +29,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string output;  // stdout + stderr
-};
-
-// Runs a shell command line with a timeout; collects its combined output.
-RunResult RunCommand(const std::string& cmd) {
-  RunResult r;
-  std::string full = "timeout 60 " + cmd + " 2>&1";
-  FILE* p = ::popen(full.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
 std::string Vsockcat() { return BuiltBinary("src/tools/vsockcat/vsockcat"); }
 std::string Vguest() { return BuiltBinary("src/vguest/vguest"); }
 
