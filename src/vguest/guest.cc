@@ -150,6 +150,7 @@ void Guest::InitQueues(bool fresh) {
     tx_payload_free_.push_back(i - 1);
   }
   tx_chains_.assign(qs, TxChain{});
+  tx_in_flight_ = 0;
   pending_control_.clear();
 }
 
@@ -436,9 +437,47 @@ void Guest::OnCall(int index) {
     UpdateTxInterrupts();
     // Replies drained: rx may go on.
     if (rx_stalled_) ProcessRx();
+    CheckDrained();
     return;
   }
   ProcessRx();
+}
+
+void Guest::Drain(std::chrono::milliseconds timeout, std::function<void()> done) {
+  if (drain_timer_ != 0) loop_->CancelTimer(drain_timer_);
+  drain_timer_ = 0;
+  drain_done_ = std::move(done);
+  if (running_ && !gone_) {
+    FlushPendingControl();
+    FlushTx();
+    std::weak_ptr<bool> alive = alive_;
+    drain_timer_ = loop_->AddTimer(timeout, [this, alive] {
+      if (alive.expired()) return;
+      drain_timer_ = 0;
+      LOG_WARN("vguest: {} packets not consumed by the device after the drain timeout",
+               tx_backlog());
+      auto cb = std::move(drain_done_);
+      drain_done_ = nullptr;
+      UpdateTxInterrupts();
+      if (cb) cb();
+    });
+    UpdateTxInterrupts();
+  }
+  Defer([this] { CheckDrained(); });
+}
+
+void Guest::CheckDrained() {
+  if (!drain_done_) return;
+  if (running_ && !gone_) {
+    ReapTx();
+    if (tx_backlog() != 0 || flush_scheduled_) return;
+  }
+  if (drain_timer_ != 0) loop_->CancelTimer(drain_timer_);
+  drain_timer_ = 0;
+  auto cb = std::move(drain_done_);
+  drain_done_ = nullptr;
+  UpdateTxInterrupts();
+  cb();
 }
 
 void Guest::ProcessRx() {
@@ -586,6 +625,7 @@ void Guest::SendData(const PacketHeader& hdr, std::span<const uint8_t> payload) 
   tx_hdr_free_.pop_back();
   tx_payload_free_.pop_back();
   tx_chains_[*head] = TxChain{static_cast<int32_t>(hslot), static_cast<int32_t>(pslot)};
+  ++tx_in_flight_;
   ++stats_.tx_packets;
   stats_.tx_bytes += payload.size();
   ScheduleFlush();
@@ -605,6 +645,7 @@ bool Guest::PutControl(const PacketHeader& hdr) {
   if (!head.ok()) return false;
   tx_hdr_free_.pop_back();
   tx_chains_[*head] = TxChain{static_cast<int32_t>(hslot), -1};
+  ++tx_in_flight_;
   ++stats_.tx_packets;
   if (hdr.op == VIRTIO_VSOCK_OP_RST) ++stats_.rst_sent;
   ScheduleFlush();
@@ -664,6 +705,7 @@ void Guest::ReapTx() {
     tx_hdr_free_.push_back(static_cast<uint32_t>(c.hdr_slot));
     if (c.payload_slot >= 0) tx_payload_free_.push_back(static_cast<uint32_t>(c.payload_slot));
     c = TxChain{};
+    --tx_in_flight_;
   }
 }
 
@@ -672,7 +714,8 @@ void Guest::UpdateTxInterrupts() {
   // We only need tx interrupts while someone waits for tx room, replies are backed up, or
   // a raw test looks at tx used elements; otherwise tx is reaped lazily when room runs out,
   // which spares the device a call per batch.
-  bool want = !tx_waiters_.empty() || !pending_control_.empty() || rx_stalled_ || raw_tx_;
+  bool want = !tx_waiters_.empty() || !pending_control_.empty() || rx_stalled_ || raw_tx_ ||
+              drain_done_ != nullptr;
   if (!want) {
     tx_.queue.DisableInterrupts();
     return;
@@ -731,6 +774,7 @@ void Guest::BackendGone(const std::string& why) {
   loop_->Remove(frontend_->fd());
   pending_control_.clear();
   ResetAllStreams(ECONNRESET, "vhost-user backend went away");
+  if (drain_done_) Defer([this] { CheckDrained(); });
 }
 
 // ---------------------------------------------------------------------------------------

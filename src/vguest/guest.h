@@ -138,6 +138,15 @@ class Guest : private StreamHost {
   Status Resume();
   bool running() const { return running_; }
 
+  // Packets of ours the device has not consumed yet (tx chains not returned as used, plus
+  // control packets still waiting for tx room).
+  size_t tx_backlog() const { return tx_in_flight_ + pending_control_.size(); }
+  // Publishes and kicks what is queued, then calls `done` once the device has consumed all
+  // of it (tx_backlog() == 0), the backend went away, or `timeout` passed. A guest about to
+  // detach calls this first, as a kernel keeps sending a closed socket's data: without it
+  // the last packets may never reach the device. `done` runs from the loop, never inside.
+  void Drain(std::chrono::milliseconds timeout, std::function<void()> done);
+
   Stats stats() const;
 
   // ---- Raw access for hostile-guest tests ----
@@ -207,6 +216,7 @@ class Guest : private StreamHost {
   void FlushPendingControl();
   void NotifyTxWaiters();
   void UpdateTxInterrupts();
+  void CheckDrained();
   void ScheduleFlush();
   void FlushTx();
   bool PutControl(const vsock::PacketHeader& hdr);
@@ -271,6 +281,9 @@ class Guest : private StreamHost {
   std::vector<virtio::UsedElem> raw_tx_used_;
   bool raw_tx_ = false;
   bool flush_scheduled_ = false;
+  size_t tx_in_flight_ = 0;  // chains of ours on tx, not yet used
+  std::function<void()> drain_done_;
+  uint64_t drain_timer_ = 0;
 
   std::map<ConnKey, Stream*> connections_;
   std::unordered_map<Stream*, std::unique_ptr<Stream>> streams_;

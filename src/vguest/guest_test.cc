@@ -303,6 +303,29 @@ TEST_F(GuestDeviceTest, GuestToHostEchoWithHalfClose) {
   }));
 }
 
+// Drain: what Write() accepted reaches the device before the guest detaches, even when the
+// guest goes away right after the last write (the vguest CLI does this at exit).
+TEST_F(GuestDeviceTest, DrainBeforeDetachLosesNothing) {
+  HostEcho echo(dir_ + "/host_5010");
+  Stream* s = ConnectOk(5010);
+  ASSERT_NE(s, nullptr);
+  auto data = Pattern(200 * 1024);  // within the initial 256 KiB credit: no waiting
+  size_t off = 0;
+  while (off < data.size()) {
+    size_t n = s->Write(data.data() + off, std::min<size_t>(65536, data.size() - off));
+    ASSERT_GT(n, 0u);
+    off += n;
+  }
+  s->Shutdown(false, true);
+  bool drained = false;
+  guest_->Drain(5s, [&] { drained = true; });
+  EXPECT_FALSE(drained);  // never inside Drain()
+  ASSERT_TRUE(RunUntil([&] { return drained; }));
+  EXPECT_EQ(guest_->tx_backlog(), 0u);
+  guest_.reset();
+  EXPECT_TRUE(RunUntil([&] { return echo.echoed() == data.size(); })) << echo.echoed();
+}
+
 TEST_F(GuestDeviceTest, ConnectToPortWithoutServiceIsRefused) {
   bool done = false;
   Status result;

@@ -364,6 +364,10 @@ int Main(int argc, char** argv) {
     }
   }
   (*loop)->Run();
+  // Like a kernel after close(): what we sent still reaches the device before we detach.
+  bool drained = false;
+  g->Drain(std::chrono::seconds(5), [&] { drained = true; });
+  while (!drained) (*loop)->RunOnce(100);
   g_loop = nullptr;
   // Stream and guest go away here; the backend sees the frontend disconnect.
   return exit_code;

@@ -52,6 +52,8 @@ constexpr uint32_t kHostPortEnd = 1u << 31;
 constexpr uint32_t kTurnBytes = 256 * 1024;
 constexpr size_t kTurnChains = 64;
 constexpr size_t kMaxIov = IOV_MAX;
+// How long the host peer of a vanished guest gets to read the bytes we still hold for it.
+constexpr std::chrono::seconds kLingerTimeout{10};
 
 struct KeyHash {
   size_t operator()(uint64_t k) const {
@@ -131,6 +133,10 @@ class Device::Impl {
   ~Impl() {
     destroying_ = true;
     ResetAll(/*notify_connects=*/false);
+    for (auto& [fd, linger] : lingers_) {
+      loop_->Remove(fd);
+      if (linger->timer != 0) loop_->CancelTimer(linger->timer);
+    }
   }
 
   uint64_t DeviceFeatures() const {
@@ -282,6 +288,75 @@ class Device::Impl {
     conn->host_fd.Reset();
   }
 
+  // The guest went away (frontend gone, driver reset) holding a connection whose bytes we
+  // accepted (the guest's credit was spent on them) but the host socket had no room for.
+  // A kernel would still deliver what sits in the host socket's receive queue, so we keep
+  // the host fd for a while and write those bytes, then close: the host peer reads
+  // everything the guest sent, then EOF. Bounded by kLingerTimeout and by the connection's
+  // buffer (at most its buf_alloc).
+  void LingerHost(Connection* conn) {
+    if (!conn->host_fd.valid() || conn->buffer.empty()) return;
+    if (conn->host_registered) {
+      loop_->Remove(conn->host_fd.get());
+      conn->host_registered = false;
+    }
+    auto linger = std::make_unique<Linger>();
+    linger->fd = std::move(conn->host_fd);
+    linger->not_socket = conn->host_not_socket;
+    linger->bytes = std::move(conn->buffer);
+    stats_.buffered_bytes -= linger->bytes.size();
+    conn->buffer.Clear();
+    int fd = linger->fd.get();
+    LOG_DEBUG(
+        "vsock cid {}: guest gone, delivering {} buffered bytes of guest port {} to the "
+        "host",
+        opts_.guest_cid, linger->bytes.size(), conn->info().guest_port);
+    std::weak_ptr<bool> alive = alive_;
+    auto st = loop_->Add(fd, EPOLLOUT | EPOLLET, [this, alive, fd](uint32_t) {
+      if (alive.expired()) return;
+      WriteLinger(fd);
+    });
+    if (!st.ok()) return;  // the fd closes with `linger`
+    linger->timer = loop_->AddTimer(kLingerTimeout, [this, alive, fd] {
+      if (alive.expired()) return;
+      auto it = lingers_.find(fd);
+      if (it == lingers_.end()) return;
+      it->second->timer = 0;
+      LOG_DEBUG("vsock cid {}: host peer did not take {} bytes in time, closing", opts_.guest_cid,
+                it->second->bytes.size());
+      EndLinger(fd);
+    });
+    lingers_[fd] = std::move(linger);
+    WriteLinger(fd);
+  }
+
+  void WriteLinger(int fd) {
+    auto it = lingers_.find(fd);
+    if (it == lingers_.end()) return;
+    Linger& l = *it->second;
+    while (!l.bytes.empty()) {
+      ssize_t n = l.not_socket
+                      ? ::write(fd, l.bytes.data(), l.bytes.size())
+                      : ::send(fd, l.bytes.data(), l.bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        l.bytes.Consume(static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      break;  // the host peer is gone: nothing more to deliver
+    }
+    EndLinger(fd);
+  }
+
+  void EndLinger(int fd) {
+    auto it = lingers_.find(fd);
+    if (it == lingers_.end()) return;
+    loop_->Remove(fd);
+    if (it->second->timer != 0) loop_->CancelTimer(it->second->timer);
+    lingers_.erase(it);  // closes the fd: the host peer sees EOF
+  }
+
   void DropGuestData(Connection* conn) {
     stats_.buffered_bytes -= conn->buffer.size();
     conn->buffer.Clear();
@@ -328,6 +403,7 @@ class Device::Impl {
     guest_connects_.clear();
     for (auto& [key, conn] : conns_) {
       if (conn->timer != 0) loop_->CancelTimer(conn->timer);
+      if (!destroying_) LingerHost(conn.get());
       CloseHost(conn.get());
       DestroyPendingConnect(conn.get());
     }
@@ -1121,6 +1197,14 @@ class Device::Impl {
   bool rx_scheduled_ = false;
   bool in_tx_ = false;
   bool destroying_ = false;
+  // Host fds still delivering what a vanished guest sent (LingerHost), by fd.
+  struct Linger {
+    Fd fd;
+    ByteQueue bytes;
+    bool not_socket = false;
+    uint64_t timer = 0;
+  };
+  std::unordered_map<int, std::unique_ptr<Linger>> lingers_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for deferred callbacks
 
   std::unordered_map<uint64_t, std::unique_ptr<Connection>, KeyHash> conns_;

@@ -841,6 +841,35 @@ TEST_F(DeviceTest, FrontendGoneResetsConnections) {
   EXPECT_EQ(std::string(got.begin(), got.end()), "x");
 }
 
+// Bytes the device accepted (the guest spent credit on them) but the host socket had no
+// room for still reach the host peer after the guest vanishes, then EOF.
+TEST_F(DeviceTest, FrontendGoneStillDeliversBufferedBytes) {
+  DeviceOptions o;
+  o.buf_alloc = 64 * 1024;
+  Make(o, FakeGuestOptions{});
+  backend_->set_device_sndbuf(4096);
+  Fd peer = Connect();
+  std::vector<uint8_t> sent;
+  for (int i = 0; i < 16; ++i) {
+    auto chunk = RandomBytes(4096, 300 + i);
+    sent.insert(sent.end(), chunk.begin(), chunk.end());
+    SendRw(chunk, 0, /*kick=*/i == 15);
+  }
+  Pump(10);
+  ASSERT_GT(device_->stats().buffered_bytes, 0u);
+  device_->FrontendGone();
+  stopped_ = true;
+  EXPECT_EQ(device_->stats().connections_active, 0u);
+  std::vector<uint8_t> got;
+  bool eof = false;
+  ASSERT_TRUE(RunUntil([&] {
+    ReadAvailable(peer.get(), &got, &eof);
+    return eof;
+  }));
+  EXPECT_EQ(got.size(), sent.size());
+  EXPECT_TRUE(got == sent);
+}
+
 TEST_F(DeviceTest, QueueStopHoldsNoChainsAndConnectionsSurvive) {
   Fd peer = Connect();
   ASSERT_EQ(::write(peer.get(), "abc", 3), 3);
