@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Installs what vsockd needs to build, test and benchmark, from Debian 12's archive.
-# Usage: scripts/install-deps.sh [--test]   (--test adds QEMU and clang for the tests/fuzzers)
+# Usage: scripts/install-deps.sh [--test] [--guest]
+#   --test   adds QEMU, clang and what the test guest needs, for the tests/fuzzers
+#   --guest  adds what scripts/build-guest.sh and the demo need: QEMU to boot the guest,
+#            Debian's python3.11 (copied into the guest; python3 also runs the seed's host
+#            program in the demo), socat. The guest's kernel and busybox are
+#            downloaded with `apt-get download`, never installed.
 set -euo pipefail
 
 pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat
-      nlohmann-json3-dev)
-if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(qemu-system-x86 clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3)
-fi
+      nlohmann-json3-dev libyaml-cpp-dev)
+guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip)
+for arg in "$@"; do
+  case "$arg" in
+    --test) pkgs+=(clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3
+                   "${guest_pkgs[@]}") ;;
+    --guest) pkgs+=("${guest_pkgs[@]}") ;;
+    *) echo "install-deps.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${pkgs[@]}"; do

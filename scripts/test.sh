@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, the way CI does:
-#   1. a RelWithDebInfo build and all its tests (unit, integration, QEMU handshake);
-#   2. an ASan+UBSan build and all its tests;
+#   1. a RelWithDebInfo build, the test guest image (scripts/build-guest.sh), and all the
+#      tests (unit, integration, QEMU handshake, real-guest VM tests: label "vm");
+#   2. an ASan+UBSan build and all its tests (the VM tests again, against an ASan vsockd);
 #   3. the libFuzzer targets (clang), each for a short smoke run;
 #   4. clang-format and clang-tidy over the tree (scripts/lint.sh).
 # Usage: scripts/test.sh [--quick]   (--quick: only step 1)
@@ -18,12 +19,16 @@ step() { echo; echo "==> $*"; }
 step "installing dependencies"
 scripts/install-deps.sh --test
 
-# The QEMU handshake test must run, not skip, when we run the whole suite.
+# The QEMU handshake test and the real-guest tests must run, not skip, when we run the
+# whole suite.
 export VSOCKD_REQUIRE_QEMU=1
+export VSOCKD_REQUIRE_VM=1
 
 step "build (RelWithDebInfo) in build/"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build -j"$jobs"
+step "test guest image (scripts/build-guest.sh -> build-guest/image)"
+scripts/build-guest.sh
 step "tests (RelWithDebInfo)"
 ctest --test-dir build --output-on-failure -j"$jobs"
 

@@ -8,9 +8,11 @@
 #include <cerrno>
 #include <filesystem>
 #include <system_error>
+#include <thread>
 
 #include "base/log.h"
 #include "host/device_connector.h"
+#include "host/sibling_router.h"
 #include "host/unix_backend.h"
 #include "vhost_user/backend.h"
 #include "virtio/virtio_device.h"
@@ -58,9 +60,131 @@ bool FileIdentity(const std::string& path, dev_t* dev, ino_t* ino) {
 
 }  // namespace
 
+// One VM: device, host backends, vhost-user session, all on one worker's loop.
+class Vm {
+ public:
+  Vm(VmOptions options, EventLoop* loop, host::SiblingRouter* router)
+      : options_(std::move(options)), loop_(loop), router_(router) {}
+
+  Status Init() {
+    // The device needs its HostBackend at construction and the backends reach the device
+    // through the connector: the connector is created empty and pointed at the device after.
+    connector_ = std::make_unique<host::DeviceGuestConnector>();
+    host::UnixBackendOptions host_options;
+    host_options.uds_path = options_.uds_path;
+    host_options.ok_reply = options_.ok_reply;
+    host_options.host_connect_timeout = options_.connect_timeout;
+    if (!options_.run_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(options_.run_dir, ec);
+      if (ec) {
+        return MakeError(ec.value(), "run directory (--run-dir) '{}': {}", options_.run_dir,
+                         ec.message());
+      }
+      host_options.listen_paths.push_back(
+          fmt::format("{}/cid_{}", options_.run_dir, options_.guest_cid));
+      host_options.host_path_prefixes.push_back(options_.run_dir + "/host_");
+    }
+    host_ = std::make_unique<host::UnixBackend>(loop_, connector_.get(), host_options);
+    // The sibling's own connect timeout answers first; this only bounds a stuck target.
+    routing_ = std::make_unique<host::RoutingBackend>(
+        loop_, host_.get(), router_, options_.connect_timeout + std::chrono::seconds(1));
+
+    vsock::DeviceOptions device_options;
+    device_options.guest_cid = options_.guest_cid;
+    device_options.buf_alloc = options_.tx_buffer_size;
+    device_options.connect_timeout = options_.connect_timeout;
+    device_ = std::make_unique<vsock::Device>(loop_, routing_.get(), device_options);
+    connector_->set_device(device_.get());
+
+    device_view_ = std::make_unique<DeviceView>(device_.get(), options_.queue_size);
+    vhost_ = std::make_unique<vhost_user::Backend>(loop_, device_view_.get());
+
+    if (Status s = host_->Start(); !s.ok()) {
+      return MakeError(s.error().code, "CID {}: hybrid socket (--uds-path / --run-dir): {}",
+                       options_.guest_cid, s.error().ToString());
+    }
+    if (Status s = vhost_->Listen(options_.socket_path); !s.ok()) {
+      return MakeError(s.error().code, "CID {}: vhost-user socket (--socket): {}",
+                       options_.guest_cid, s.error().ToString());
+    }
+    socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
+    if (router_ != nullptr) {
+      VSOCKD_RETURN_IF_ERROR(
+          router_->Register(options_.guest_cid, options_.groups, loop_, connector_.get()));
+      registered_ = true;
+    }
+
+    std::string host_side;
+    if (!options_.uds_path.empty()) {
+      host_side = fmt::format("hybrid socket '{}' (guest -> host port X: '{}_X')",
+                              options_.uds_path, options_.uds_path);
+    }
+    if (!options_.run_dir.empty()) {
+      host_side += fmt::format(
+          "{}run dir '{}' (host -> guest: 'cid_{}', guest -> host port X: "
+          "'host_X'{})",
+          host_side.empty() ? "" : ", ", options_.run_dir, options_.guest_cid,
+          options_.uds_path.empty() ? "" : " if the hybrid path is missing");
+    }
+    LOG_INFO(
+        "{} serving guest CID {}: vhost-user socket '{}', {}, buf_alloc {}, max queue size {}, "
+        "groups {}",
+        VersionString(), options_.guest_cid, options_.socket_path, host_side,
+        options_.tx_buffer_size, options_.queue_size, fmt::join(options_.groups, "+"));
+    return OkStatus();
+  }
+
+  // On the VM's worker thread, or while its loop does not run.
+  ~Vm() {
+    // Siblings' posted connects find the VM gone from here on.
+    if (registered_) router_->Unregister(options_.guest_cid);
+    // Order matters: the vhost-user session first (it stops the queues and tells the device
+    // the frontend is gone), then the host backend (it cancels its pending guest connects
+    // through the still-living device), then the device (it drops its pending host connects,
+    // which do not refer to the backend).
+    vhost_.reset();
+    if (socket_created_) {
+      dev_t dev;
+      ino_t ino;
+      if (FileIdentity(options_.socket_path, &dev, &ino) && dev == socket_dev_ &&
+          ino == socket_ino_) {
+        ::unlink(options_.socket_path.c_str());
+      }
+    }
+    device_view_.reset();
+    if (host_) host_->Shutdown();
+    device_.reset();
+    routing_.reset();
+    host_.reset();
+    connector_.reset();
+  }
+
+  vsock::Device* device() { return device_.get(); }
+
+ private:
+  VmOptions options_;
+  EventLoop* loop_;
+  host::SiblingRouter* router_;
+  bool registered_ = false;
+  std::unique_ptr<host::DeviceGuestConnector> connector_;
+  std::unique_ptr<host::UnixBackend> host_;
+  std::unique_ptr<host::RoutingBackend> routing_;
+  std::unique_ptr<vsock::Device> device_;
+  std::unique_ptr<DeviceView> device_view_;
+  std::unique_ptr<vhost_user::Backend> vhost_;
+  bool socket_created_ = false;
+  dev_t socket_dev_ = 0;
+  ino_t socket_ino_ = 0;
+};
+
 Result<std::unique_ptr<Daemon>> Daemon::Create(const Options& options, bool handle_signals) {
-  VSOCKD_RETURN_IF_ERROR(ValidateGuestCid(options.guest_cid));
-  std::unique_ptr<Daemon> daemon(new Daemon(options));
+  Options checked = options;
+  if (checked.vms.empty()) checked.vms.push_back(static_cast<const VmOptions&>(options));
+  // The single-VM form reports a bad CID as before ("guest CID 2 is reserved ...").
+  if (options.vms.empty()) VSOCKD_RETURN_IF_ERROR(ValidateGuestCid(options.guest_cid));
+  VSOCKD_RETURN_IF_ERROR(ValidateVms(checked.vms));
+  std::unique_ptr<Daemon> daemon(new Daemon(std::move(checked)));
   VSOCKD_RETURN_IF_ERROR(daemon->Init(handle_signals));
   return daemon;
 }
@@ -73,6 +197,8 @@ Status Daemon::Init(bool handle_signals) {
   loop_ = std::move(*loop);
 
   if (handle_signals) {
+    // Blocked here, before any worker exists: the workers inherit the mask, so only the
+    // control loop's signalfd sees SIGINT/SIGTERM.
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -85,85 +211,50 @@ Status Daemon::Init(bool handle_signals) {
     VSOCKD_RETURN_IF_ERROR(loop_->Add(signal_fd_.get(), EPOLLIN, [this](uint32_t) { OnSignal(); }));
   }
 
-  // The device needs its HostBackend at construction and the backend reaches the device
-  // through the connector: the connector is created empty and pointed at the device after.
-  connector_ = std::make_unique<host::DeviceGuestConnector>();
-  host::UnixBackendOptions host_options;
-  host_options.uds_path = options_.uds_path;
-  host_options.ok_reply = options_.ok_reply;
-  host_options.host_connect_timeout = options_.connect_timeout;
-  if (!options_.run_dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(options_.run_dir, ec);
-    if (ec) {
-      return MakeError(ec.value(), "run directory (--run-dir) '{}': {}", options_.run_dir,
-                       ec.message());
-    }
-    host_options.listen_paths.push_back(
-        fmt::format("{}/cid_{}", options_.run_dir, options_.guest_cid));
-    host_options.host_path_prefixes.push_back(options_.run_dir + "/host_");
+  size_t workers = options_.workers;
+  if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
+  workers = std::min(workers, options_.vms.size());
+  for (size_t i = 0; i < workers; ++i) {
+    auto worker_loop = EventLoop::Create();
+    if (!worker_loop.ok()) return worker_loop.take_error();
+    workers_.push_back(Worker{std::move(*worker_loop), {}});
   }
-  host_ = std::make_unique<host::UnixBackend>(loop_.get(), connector_.get(), host_options);
-
-  vsock::DeviceOptions device_options;
-  device_options.guest_cid = options_.guest_cid;
-  device_options.buf_alloc = options_.tx_buffer_size;
-  device_options.connect_timeout = options_.connect_timeout;
-  device_ = std::make_unique<vsock::Device>(loop_.get(), host_.get(), device_options);
-  connector_->set_device(device_.get());
-
-  device_view_ = std::make_unique<DeviceView>(device_.get(), options_.queue_size);
-  vhost_ = std::make_unique<vhost_user::Backend>(loop_.get(), device_view_.get());
-
-  if (Status s = host_->Start(); !s.ok()) {
-    return MakeError(s.error().code, "hybrid socket (--uds-path / --run-dir): {}",
-                     s.error().ToString());
+  router_ = std::make_unique<host::SiblingRouter>();
+  for (size_t i = 0; i < options_.vms.size(); ++i) {
+    auto vm =
+        std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get());
+    Status s = vm->Init();
+    vms_.push_back(std::move(vm));  // destroyed (sockets removed) with the daemon on failure
+    if (!s.ok()) return s;
   }
-  if (Status s = vhost_->Listen(options_.socket_path); !s.ok()) {
-    return MakeError(s.error().code, "vhost-user socket (--socket): {}", s.error().ToString());
+  if (options_.vms.size() > 1) {
+    LOG_INFO("{} VMs on {} worker thread{}", options_.vms.size(), workers, workers == 1 ? "" : "s");
   }
-  socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
-
-  std::string host_side;
-  if (!options_.uds_path.empty()) {
-    host_side = fmt::format("hybrid socket '{}' (guest -> host port X: '{}_X')", options_.uds_path,
-                            options_.uds_path);
-  }
-  if (!options_.run_dir.empty()) {
-    host_side += fmt::format(
-        "{}run dir '{}' (host -> guest: 'cid_{}', guest -> host port X: "
-        "'host_X'{})",
-        host_side.empty() ? "" : ", ", options_.run_dir, options_.guest_cid,
-        options_.uds_path.empty() ? "" : " if the hybrid path is missing");
-  }
-  LOG_INFO("{} serving guest CID {}: vhost-user socket '{}', {}, buf_alloc {}, max queue size {}",
-           VersionString(), options_.guest_cid, options_.socket_path, host_side,
-           options_.tx_buffer_size, options_.queue_size);
   return OkStatus();
 }
 
 Daemon::~Daemon() {
-  // Order matters: the vhost-user session first (it stops the queues and tells the device
-  // the frontend is gone), then the host backend (it cancels its pending guest connects
-  // through the still-living device), then the device (it drops its pending host connects,
-  // which do not refer to the backend).
-  vhost_.reset();
-  if (socket_created_) {
-    dev_t dev;
-    ino_t ino;
-    if (FileIdentity(options_.socket_path, &dev, &ino) && dev == socket_dev_ &&
-        ino == socket_ino_) {
-      ::unlink(options_.socket_path.c_str());
-    }
-  }
-  device_view_.reset();
-  host_.reset();
-  device_.reset();
-  connector_.reset();
+  // No worker runs here (Run() joined them): everything is torn down from this thread.
+  vms_.clear();
+  router_.reset();
+  workers_.clear();
   if (signal_fd_) loop_->Remove(signal_fd_.get());
 }
 
-void Daemon::Run() { loop_->Run(); }
+vsock::Device* Daemon::device() { return vms_.empty() ? nullptr : vms_.front()->device(); }
+
+void Daemon::Run() {
+  if (loop_->stopped()) return;
+  for (auto& w : workers_) {
+    EventLoop* l = w.loop.get();
+    w.thread = std::thread([l] { l->Run(); });
+  }
+  loop_->Run();
+  for (auto& w : workers_) w.loop->Stop();
+  for (auto& w : workers_) {
+    if (w.thread.joinable()) w.thread.join();
+  }
+}
 
 void Daemon::Stop() { loop_->Stop(); }
 

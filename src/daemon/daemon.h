@@ -1,22 +1,30 @@
-// Daemon: vsockd's wiring of one VM: the event loop, the vsock device, the hybrid Unix-socket
-// host backend, and the vhost-user backend QEMU attaches to.
+// Daemon: vsockd's wiring: for every VM a vsock device, its hybrid Unix-socket host backend
+// and the vhost-user backend QEMU attaches to; the sibling router between VMs; the threads.
 //
 // Role: everything main() does besides parsing flags, in a class so integration tests can run
 // a daemon in-process (Create, Run on a thread, Stop from another).
 // Callers: vsockd's main(), tests.
-// Threading: Create() and the destructor on the thread that calls Run() (or while it is not
-// running); Run() runs the loop on the calling thread until Stop(); Stop() from any thread or
-// from a signal handler.
 //
-// Lifetime of the sockets: Create() listens on options.socket_path (vhost-user),
-// options.uds_path (hybrid, when set) and "<options.run_dir>/cid_<CID>" (when run_dir is set;
-// the directory is created if missing), replacing stale socket files; the destructor removes
-// the files that are still the ones it created.
+// Threading: each VM (vhost-user session + device + host backends) lives on one worker
+// thread's EventLoop; VMs are spread over `workers` threads (VM i on worker i % workers), so a
+// VM never needs a lock. The thread that calls Run() runs the control loop: signals and
+// Stop() only. The only cross-thread traffic is guest <-> guest connects (SiblingRouter posts
+// them to the target VM's loop, and the result back) and Stop/shutdown. Create() and the
+// destructor run on the thread that calls Run() while no worker runs: Run() starts the workers
+// and joins them before it returns, so objects of a VM are only touched by its worker while
+// Run() runs, and by the owning thread otherwise.
+//
+// Lifetime of the sockets: Create() listens, for every VM, on its socket_path (vhost-user),
+// uds_path (hybrid, when set) and "<run_dir>/cid_<CID>" (when run_dir is set; the directory
+// is created if missing), replacing stale socket files; on failure, or in the destructor,
+// every file that is still the one it created is removed.
 #pragma once
 
 #include <sys/types.h>
 
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include "base/event_loop.h"
 #include "base/fd.h"
@@ -30,12 +38,12 @@ namespace vsockd::vhost_user {
 class Backend;
 }
 namespace vsockd::host {
-class DeviceGuestConnector;
+class SiblingRouter;
 }
 
 namespace vsockd::daemon {
 
-class DeviceView;
+class Vm;
 
 class Daemon {
  public:
@@ -48,13 +56,18 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  // Serves until Stop() (or a handled signal).
+  // Serves until Stop() (or a handled signal): starts the workers, runs the control loop,
+  // then stops and joins the workers.
   void Run();
   // Thread-safe and async-signal-safe.
   void Stop();
 
+  // The control loop (signals).
   EventLoop* loop() { return loop_.get(); }
-  vsock::Device* device() { return device_.get(); }
+  // The first VM's device (the single-VM form's only one).
+  vsock::Device* device();
+  size_t vm_count() const { return vms_.size(); }
+  size_t worker_count() const { return workers_.size(); }
   const Options& options() const { return options_; }
 
  private:
@@ -62,18 +75,19 @@ class Daemon {
   Status Init(bool handle_signals);
   void OnSignal();
 
+  struct Worker {
+    std::unique_ptr<EventLoop> loop;
+    std::thread thread;
+  };
+
   Options options_;
-  std::unique_ptr<EventLoop> loop_;
+  std::unique_ptr<EventLoop> loop_;  // control loop
   Fd signal_fd_;
-  // Declared in construction order; the destructor tears down explicitly (see daemon.cc).
-  std::unique_ptr<host::DeviceGuestConnector> connector_;
-  std::unique_ptr<host::UnixBackend> host_;
-  std::unique_ptr<vsock::Device> device_;
-  std::unique_ptr<DeviceView> device_view_;
-  std::unique_ptr<vhost_user::Backend> vhost_;
-  bool socket_created_ = false;
-  dev_t socket_dev_ = 0;
-  ino_t socket_ino_ = 0;
+  // Destroyed in reverse: VMs first (they unregister from the router and use their worker's
+  // loop), then the router, then the workers' loops.
+  std::vector<Worker> workers_;
+  std::unique_ptr<host::SiblingRouter> router_;
+  std::vector<std::unique_ptr<Vm>> vms_;
 };
 
 }  // namespace vsockd::daemon

@@ -1,7 +1,14 @@
 #include "daemon/options.h"
 
+#include <yaml-cpp/yaml.h>
+
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
 
 namespace vsockd::daemon {
 namespace {
@@ -28,7 +35,25 @@ constexpr const char* kDescription =
     "exists, else to DIR/host_X (shared by every VM). One of --uds-path and --run-dir is\n"
     "required.\n"
     "--connect-timeout-ms bounds a host -> guest connect waiting for the guest's answer and a\n"
-    "guest -> host connect retrying a listener whose backlog is full.";
+    "guest -> host connect retrying a listener whose backlog is full.\n"
+    "\n"
+    "Several VMs (one vhost-user socket and CID each), as vhost-device-vsock:\n"
+    "  --vm guest-cid=3,socket=PATH,uds-path=PATH[,tx-buffer-size=N][,queue-size=N]\n"
+    "       [,groups=a+b][,run-dir=DIR][,ok-reply=KIND][,connect-timeout-ms=MS]\n"
+    "  (repeat --vm per VM; keys take '-' or '_'), or --config FILE, a YAML file:\n"
+    "    vms:\n"
+    "      - guest_cid: 3\n"
+    "        socket: /tmp/vhost3.socket\n"
+    "        uds_path: /tmp/vm3.vsock\n"
+    "        groups: group1+group2\n"
+    "  --socket, --guest-cid, --uds-path and --groups describe the single VM and cannot be\n"
+    "  mixed with --vm/--config; --run-dir, --tx-buffer-size, --queue-size, --ok-reply and\n"
+    "  --connect-timeout-ms are then defaults for every VM. CIDs, vhost-user sockets and\n"
+    "  hybrid paths must be unique (checked at start, exit code 2).\n"
+    "Guest <-> guest: a guest connecting to another VM's CID reaches it when the two VMs\n"
+    "share a group (default: every VM is in group \"default\"); the other guest sees the\n"
+    "caller's CID and port. Other CIDs (not served here, or no group in common) get RST.\n"
+    "Each VM runs on one of --workers threads (default: one per core, at most one per VM).";
 
 constexpr const char* kFooter =
     "Example:\n"
@@ -95,6 +120,254 @@ Result<uint64_t> ParseGuestCid(std::string_view text) {
   return value;
 }
 
+namespace {
+
+constexpr uint32_t kMinTxBuffer = 1024;
+constexpr uint32_t kMaxTxBuffer = uint32_t{1} << 30;
+constexpr uint32_t kMaxQueueSize = 32768;
+constexpr uint32_t kMaxConnectTimeoutMs = 600000;
+constexpr const char* kVmKeys =
+    "guest-cid, socket, uds-path, run-dir, tx-buffer-size, queue-size, ok-reply, "
+    "connect-timeout-ms, groups";
+
+Result<uint64_t> ParseDecimal(std::string_view key, std::string_view text, uint64_t min,
+                              uint64_t max) {
+  if (text.empty()) return MakeError(EINVAL, "{}: empty value", key);
+  uint64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') {
+      return MakeError(EINVAL, "{}: '{}' is not a decimal number", key, text);
+    }
+    if (value > (UINT64_MAX - 9) / 10) return MakeError(ERANGE, "{}: {} is too large", key, text);
+    value = value * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (value < min || value > max) {
+    return MakeError(ERANGE, "{}: {} is out of range {}..{}", key, text, min, max);
+  }
+  return value;
+}
+
+Result<std::vector<std::string>> ParseGroups(std::string_view text) {
+  std::vector<std::string> groups;
+  size_t start = 0;
+  for (;;) {
+    size_t end = text.find('+', start);
+    std::string_view name = text.substr(start, end == std::string_view::npos ? end : end - start);
+    if (name.empty()) return MakeError(EINVAL, "groups: empty group name in '{}'", text);
+    for (char c : name) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '-' || c == '_' || c == '.';
+      if (!ok) {
+        return MakeError(EINVAL, "groups: '{}' may only hold letters, digits, '-', '_', '.'", name);
+      }
+    }
+    if (std::find(groups.begin(), groups.end(), name) == groups.end()) groups.emplace_back(name);
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  return groups;
+}
+
+std::string NormalizeKey(std::string_view key) {
+  std::string k(key);
+  for (char& c : k) {
+    if (c == '_') c = '-';
+  }
+  return k;
+}
+
+// Sets one key of a VM. `seen` catches a key given twice.
+Status SetVmKey(VmOptions* vm, std::string_view raw_key, std::string_view value,
+                std::set<std::string>* seen) {
+  std::string key = NormalizeKey(raw_key);
+  if (!seen->insert(key).second) return MakeError(EINVAL, "key '{}' given twice", key);
+  if (key == "guest-cid") {
+    auto cid = ParseGuestCid(value);
+    if (!cid.ok()) return MakeError(cid.error().code, "guest-cid: {}", cid.error().context);
+    vm->guest_cid = *cid;
+  } else if (key == "socket") {
+    if (value.empty()) return MakeError(EINVAL, "socket: empty path");
+    vm->socket_path = std::string(value);
+  } else if (key == "uds-path") {
+    if (value.empty()) return MakeError(EINVAL, "uds-path: empty path");
+    vm->uds_path = std::string(value);
+  } else if (key == "run-dir") {
+    if (value.empty()) return MakeError(EINVAL, "run-dir: empty path");
+    vm->run_dir = std::string(value);
+    while (vm->run_dir.size() > 1 && vm->run_dir.back() == '/') vm->run_dir.pop_back();
+  } else if (key == "tx-buffer-size") {
+    auto v = ParseDecimal(key, value, kMinTxBuffer, kMaxTxBuffer);
+    if (!v.ok()) return v.take_error();
+    vm->tx_buffer_size = static_cast<uint32_t>(*v);
+  } else if (key == "queue-size") {
+    auto v = ParseDecimal(key, value, 1, kMaxQueueSize);
+    if (!v.ok()) return v.take_error();
+    vm->queue_size = static_cast<uint32_t>(*v);
+  } else if (key == "ok-reply") {
+    if (value == "host-port") {
+      vm->ok_reply = host::OkReply::kHostPort;
+    } else if (value == "guest-port") {
+      vm->ok_reply = host::OkReply::kGuestPort;
+    } else {
+      return MakeError(EINVAL, "ok-reply: '{}' is not host-port or guest-port", value);
+    }
+  } else if (key == "connect-timeout-ms") {
+    auto v = ParseDecimal(key, value, 1, kMaxConnectTimeoutMs);
+    if (!v.ok()) return v.take_error();
+    vm->connect_timeout = std::chrono::milliseconds(*v);
+  } else if (key == "groups") {
+    auto groups = ParseGroups(value);
+    if (!groups.ok()) return groups.take_error();
+    vm->groups = std::move(*groups);
+  } else if (key == "forward-cid" || key == "forward-listen") {
+    return MakeError(ENOTSUP,
+                     "'{}' (vhost-device-vsock's host AF_VSOCK backend) is not supported: "
+                     "vsockd never opens AF_VSOCK sockets on the host; use uds-path",
+                     key);
+  } else {
+    return MakeError(EINVAL, "unknown key '{}' (known: {})", raw_key, kVmKeys);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status ValidateVm(const VmOptions& vm) {
+  if (vm.socket_path.empty()) return MakeError(EINVAL, "socket is required");
+  if (vm.uds_path.empty() && vm.run_dir.empty()) {
+    return MakeError(EINVAL, "uds-path is required (or run-dir)");
+  }
+  VSOCKD_RETURN_IF_ERROR(ValidateGuestCid(vm.guest_cid));
+  if (vm.socket_path == vm.uds_path) {
+    return MakeError(EINVAL, "socket and uds-path must be different paths ('{}')", vm.socket_path);
+  }
+  if (vm.tx_buffer_size < kMinTxBuffer || vm.tx_buffer_size > kMaxTxBuffer) {
+    return MakeError(ERANGE, "tx-buffer-size {} is out of range {}..{}", vm.tx_buffer_size,
+                     kMinTxBuffer, kMaxTxBuffer);
+  }
+  if (vm.queue_size == 0 || vm.queue_size > kMaxQueueSize ||
+      (vm.queue_size & (vm.queue_size - 1)) != 0) {
+    return MakeError(EINVAL, "queue-size {} is not a power of two <= {}", vm.queue_size,
+                     kMaxQueueSize);
+  }
+  if (vm.groups.empty()) return MakeError(EINVAL, "groups: at least one group is needed");
+  return OkStatus();
+}
+
+Status ValidateVms(const std::vector<VmOptions>& vms) {
+  if (vms.empty()) return MakeError(EINVAL, "no VM configured");
+  std::map<uint64_t, size_t> cids;
+  std::map<std::string, std::string> paths;  // path -> "VM #n's socket"
+  for (size_t i = 0; i < vms.size(); ++i) {
+    const VmOptions& vm = vms[i];
+    if (Status s = ValidateVm(vm); !s.ok()) {
+      return MakeError(s.error().code, "VM #{} (guest-cid {}): {}", i + 1, vm.guest_cid,
+                       s.error().context);
+    }
+    if (auto [it, added] = cids.emplace(vm.guest_cid, i); !added) {
+      return MakeError(EEXIST, "duplicate guest CID {} (VM #{} and VM #{})", vm.guest_cid,
+                       it->second + 1, i + 1);
+    }
+    auto claim = [&](const std::string& path, const char* what) -> Status {
+      if (path.empty()) return OkStatus();
+      std::string who = fmt::format("VM #{}'s {}", i + 1, what);
+      if (auto [it, added] = paths.emplace(path, who); !added) {
+        return MakeError(EEXIST, "duplicate path '{}' ({} and {})", path, it->second, who);
+      }
+      return OkStatus();
+    };
+    VSOCKD_RETURN_IF_ERROR(claim(vm.socket_path, "socket"));
+    VSOCKD_RETURN_IF_ERROR(claim(vm.uds_path, "uds-path"));
+  }
+  return OkStatus();
+}
+
+Result<VmOptions> ParseVmSpec(std::string_view spec, const VmOptions& defaults) {
+  VmOptions vm = defaults;
+  std::set<std::string> seen;
+  if (spec.empty()) return MakeError(EINVAL, "empty VM description");
+  size_t start = 0;
+  for (;;) {
+    size_t end = spec.find(',', start);
+    std::string_view item = spec.substr(start, end == std::string_view::npos ? end : end - start);
+    size_t eq = item.find('=');
+    if (item.empty() || eq == std::string_view::npos || eq == 0) {
+      return MakeError(EINVAL, "'{}' is not key=value (keys: {})", item, kVmKeys);
+    }
+    VSOCKD_RETURN_IF_ERROR(SetVmKey(&vm, item.substr(0, eq), item.substr(eq + 1), &seen));
+    if (end == std::string_view::npos) break;
+    start = end + 1;
+  }
+  VSOCKD_RETURN_IF_ERROR(ValidateVm(vm));
+  return vm;
+}
+
+Result<std::vector<VmOptions>> ParseConfigYaml(std::string_view text, const VmOptions& defaults,
+                                               std::string_view source) {
+  // yaml-cpp reports through exceptions; they stop here.
+  try {
+    YAML::Node root = YAML::Load(std::string(text));
+    if (!root.IsMap()) return MakeError(EINVAL, "{}: expected a map with a 'vms' list", source);
+    for (const auto& kv : root) {
+      std::string key = kv.first.as<std::string>();
+      if (key != "vms") {
+        return MakeError(EINVAL, "{}: unknown top-level key '{}' (expected 'vms')", source, key);
+      }
+    }
+    YAML::Node list = root["vms"];
+    if (!list || !list.IsSequence() || list.size() == 0) {
+      return MakeError(EINVAL, "{}: 'vms' must be a non-empty list", source);
+    }
+    std::vector<VmOptions> vms;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const YAML::Node& entry = list[i];
+      if (!entry.IsMap()) {
+        return MakeError(EINVAL, "{}: vms[{}] (line {}) is not a map", source, i,
+                         entry.Mark().line + 1);
+      }
+      VmOptions vm = defaults;
+      std::set<std::string> seen;
+      for (const auto& kv : entry) {
+        std::string key = kv.first.as<std::string>();
+        std::string value;
+        if (kv.second.IsScalar()) {
+          value = kv.second.as<std::string>();
+        } else if (kv.second.IsSequence() && NormalizeKey(key) == "groups") {
+          for (const auto& g : kv.second) {
+            if (!g.IsScalar()) {
+              return MakeError(EINVAL, "{}: vms[{}]: groups entries must be names", source, i);
+            }
+            value += (value.empty() ? "" : "+") + g.as<std::string>();
+          }
+        } else {
+          return MakeError(EINVAL, "{}: vms[{}] (line {}): '{}' must be a single value", source, i,
+                           kv.first.Mark().line + 1, key);
+        }
+        if (Status s = SetVmKey(&vm, key, value, &seen); !s.ok()) {
+          return MakeError(s.error().code, "{}: vms[{}] (line {}): {}", source, i,
+                           kv.first.Mark().line + 1, s.error().context);
+        }
+      }
+      if (Status s = ValidateVm(vm); !s.ok()) {
+        return MakeError(s.error().code, "{}: vms[{}] (line {}): {}", source, i,
+                         entry.Mark().line + 1, s.error().context);
+      }
+      vms.push_back(std::move(vm));
+    }
+    return vms;
+  } catch (const YAML::Exception& e) {
+    return MakeError(EINVAL, "{}: YAML error at line {}: {}", source, e.mark.line + 1, e.msg);
+  }
+}
+
+Result<std::vector<VmOptions>> LoadConfigFile(const std::string& path, const VmOptions& defaults) {
+  std::ifstream in(path);
+  if (!in) return MakeError(ENOENT, "cannot read config file '{}'", path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseConfigYaml(text.str(), defaults, path);
+}
+
 ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   ParseOutcome out;
   Options& o = out.options;
@@ -107,19 +380,36 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   std::string cid_text = "3";
   std::string ok_reply = "host-port";
   std::string log_level = "info";
+  std::string groups_text = "default";
+  std::string config_path;
+  std::vector<std::string> vm_specs;
   uint32_t connect_timeout_ms = static_cast<uint32_t>(o.connect_timeout.count());
 
   // --socket and --uds-path are required, but checked after parsing: CLI11 reports missing
   // options before unknown ones, and "--socket is required" is a poor answer to a typo.
-  app.add_option("--socket", o.socket_path,
-                 "vhost-user socket to listen on (QEMU's chardev path), required")
-      ->type_name("PATH");
-  app.add_option("--guest-cid", cid_text, "guest context ID, 3..4294967294")
-      ->type_name("CID")
-      ->default_str("3");
-  app.add_option("--uds-path", o.uds_path,
-                 "hybrid host socket P (guest -> host port X goes to P_X)")
-      ->type_name("PATH");
+  CLI::Option* socket_opt =
+      app.add_option("--socket", o.socket_path,
+                     "vhost-user socket to listen on (QEMU's chardev path), required")
+          ->type_name("PATH");
+  CLI::Option* cid_opt = app.add_option("--guest-cid", cid_text, "guest context ID, 3..4294967294")
+                             ->type_name("CID")
+                             ->default_str("3");
+  CLI::Option* uds_opt = app.add_option("--uds-path", o.uds_path,
+                                        "hybrid host socket P (guest -> host port X goes to P_X)")
+                             ->type_name("PATH");
+  CLI::Option* groups_opt =
+      app.add_option("--groups", groups_text, "sibling groups, '+'-separated (guest <-> guest)")
+          ->type_name("G1+G2")
+          ->default_str("default");
+  app.add_option("--vm", vm_specs, "one VM as key=value,... (repeatable); see above")
+      ->type_name("SPEC")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--config", config_path, "YAML file with a 'vms:' list; see above")
+      ->type_name("FILE");
+  app.add_option("--workers", o.workers, "worker threads for the VMs (default: cores)")
+      ->type_name("N")
+      ->check(CLI::Range(1u, 1024u).description(""));
   app.add_option("--run-dir", o.run_dir,
                  "run directory: listen on DIR/cid_<CID>, guest -> host fallback DIR/host_X")
       ->type_name("DIR");
@@ -127,12 +417,12 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
                  "per-connection buffer for guest data (buf_alloc), 1024..2^30")
       ->type_name("BYTES")
       ->default_val(o.tx_buffer_size)
-      ->check(CLI::Range(uint32_t{1024}, uint32_t{1} << 30).description(""));
+      ->check(CLI::Range(kMinTxBuffer, kMaxTxBuffer).description(""));
   app.add_option("--queue-size", o.queue_size,
                  "largest virtqueue size accepted, power of two <= 32768")
       ->type_name("N")
       ->default_val(o.queue_size)
-      ->check(CLI::Range(uint32_t{1}, uint32_t{32768}).description(""));
+      ->check(CLI::Range(uint32_t{1}, kMaxQueueSize).description(""));
   app.add_option("--ok-reply", ok_reply, "n in the \"OK n\" reply: host-port or guest-port")
       ->type_name("KIND")
       ->default_str("host-port")
@@ -141,7 +431,7 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
                  "connect timeout, either direction, 1..600000")
       ->type_name("MS")
       ->default_val(connect_timeout_ms)
-      ->check(CLI::Range(uint32_t{1}, uint32_t{600000}).description(""));
+      ->check(CLI::Range(uint32_t{1}, kMaxConnectTimeoutMs).description(""));
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->type_name("LEVEL")
       ->default_str("info")
@@ -164,43 +454,67 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
     out.output = UsageError(e.what());
     return out;
   }
+  auto fail = [&](const std::string& message) {
+    out.exit_code = 2;
+    out.output = UsageError(message);
+    return out;
+  };
 
-  if (o.socket_path.empty()) {
-    out.exit_code = 2;
-    out.output = UsageError("--socket is required");
-    return out;
-  }
-  if (o.uds_path.empty() && o.run_dir.empty()) {
-    out.exit_code = 2;
-    out.output = UsageError("--uds-path is required (or --run-dir)");
-    return out;
-  }
   while (o.run_dir.size() > 1 && o.run_dir.back() == '/') o.run_dir.pop_back();
-
-  auto cid = ParseGuestCid(cid_text);
-  if (!cid.ok()) {
-    out.exit_code = 2;
-    out.output = UsageError(cid.error().context);
-    return out;
-  }
-  o.guest_cid = *cid;
   if ((o.queue_size & (o.queue_size - 1)) != 0) {
-    out.exit_code = 2;
-    out.output = UsageError(fmt::format("--queue-size {} is not a power of two", o.queue_size));
-    return out;
-  }
-  if (o.socket_path == o.uds_path) {
-    out.exit_code = 2;
-    out.output = UsageError("--socket and --uds-path must be different paths");
-    return out;
+    return fail(fmt::format("--queue-size {} is not a power of two", o.queue_size));
   }
   o.ok_reply = ok_reply == "guest-port" ? host::OkReply::kGuestPort : host::OkReply::kHostPort;
   o.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
   if (!ParseLogLevel(log_level, &o.log_level)) {
-    out.exit_code = 2;
-    out.output = UsageError(fmt::format("unknown log level '{}'", log_level));
+    return fail(fmt::format("unknown log level '{}'", log_level));
+  }
+
+  const bool multi = !vm_specs.empty() || !config_path.empty();
+  if (multi) {
+    for (CLI::Option* single : {socket_opt, cid_opt, uds_opt, groups_opt}) {
+      if (single->count() > 0) {
+        return fail(fmt::format(
+            "{} describes the single VM and cannot be mixed with --vm/--config (give it as a "
+            "key of each --vm, or in the config file)",
+            single->get_name()));
+      }
+    }
+    if (!vm_specs.empty() && !config_path.empty()) {
+      return fail("--vm and --config cannot be mixed: put every VM in one of them");
+    }
+    // The VmOptions part holds the global defaults; the single-VM fields stay unset.
+    VmOptions defaults = o;
+    if (!config_path.empty()) {
+      auto vms = LoadConfigFile(config_path, defaults);
+      if (!vms.ok()) return fail(fmt::format("--config: {}", vms.error().context));
+      o.vms = std::move(*vms);
+    } else {
+      for (size_t i = 0; i < vm_specs.size(); ++i) {
+        auto vm = ParseVmSpec(vm_specs[i], defaults);
+        if (!vm.ok()) {
+          return fail(fmt::format("--vm #{} '{}': {}", i + 1, vm_specs[i], vm.error().context));
+        }
+        o.vms.push_back(std::move(*vm));
+      }
+    }
+    if (Status s = ValidateVms(o.vms); !s.ok()) return fail(s.error().context);
+    out.run = true;
     return out;
   }
+
+  if (o.socket_path.empty()) return fail("--socket is required (or --vm / --config)");
+  if (o.uds_path.empty() && o.run_dir.empty()) {
+    return fail("--uds-path is required (or --run-dir)");
+  }
+  auto cid = ParseGuestCid(cid_text);
+  if (!cid.ok()) return fail(cid.error().context);
+  o.guest_cid = *cid;
+  if (o.socket_path == o.uds_path) return fail("--socket and --uds-path must be different paths");
+  auto groups = ParseGroups(groups_text);
+  if (!groups.ok()) return fail(fmt::format("--{}", groups.error().context));
+  o.groups = std::move(*groups);
+  o.vms.push_back(static_cast<const VmOptions&>(o));
   out.run = true;
   return out;
 }

@@ -1,10 +1,12 @@
-// vsockd's command line: flags, defaults and validation.
+// vsockd's command line: flags, defaults and validation, for one VM or several.
 //
 // Role: turns argv into a validated Options (or into the text to print and the exit code to
 // use for --help, --version and bad flags). Kept apart from main() and from the wiring so it
 // is unit-tested (daemon_options_test) and so integration tests can build Options directly.
 // Flag names follow rust-vmm's vhost-device-vsock where they overlap (--guest-cid, --socket,
-// --uds-path, --tx-buffer-size, --queue-size), so existing scripts carry over.
+// --uds-path, --tx-buffer-size, --queue-size, --groups), so existing scripts carry over; so do
+// its multi-VM forms: repeatable `--vm guest-cid=3,socket=...,uds-path=...,groups=a+b` and
+// `--config FILE` (YAML, a `vms:` list of the same keys). Keys take '-' or '_'.
 // Callers: vsockd's main(), tests. Threading: plain functions.
 #pragma once
 
@@ -12,6 +14,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/log.h"
 #include "base/result.h"
@@ -19,7 +22,8 @@
 
 namespace vsockd::daemon {
 
-struct Options {
+// One VM: its vhost-user socket, CID and host side.
+struct VmOptions {
   std::string socket_path;  // vhost-user socket we listen on (QEMU's chardev path)
   uint64_t guest_cid = 3;
   std::string uds_path;  // hybrid host socket P (P_<port> for guest -> host); may be empty
@@ -39,6 +43,20 @@ struct Options {
   // How long a connect may take in either direction: a host -> guest connect waiting for the
   // guest's RESPONSE, a guest -> host connect retrying a listener whose backlog is full.
   std::chrono::milliseconds connect_timeout{2000};
+  // Sibling groups: VMs of this daemon that share a group reach each other by CID (guest <->
+  // guest), as vhost-device-vsock's --groups (default: every VM in "default").
+  std::vector<std::string> groups{"default"};
+};
+
+// The whole daemon. Its VmOptions part is the single-VM form (--socket, --guest-cid, ...)
+// and the defaults every --vm / --config VM starts from.
+struct Options : VmOptions {
+  // The VMs to serve. ParseCommandLine always fills it (one entry for the single-VM form);
+  // when empty, Daemon::Create serves the VmOptions part alone.
+  std::vector<VmOptions> vms;
+  // Worker threads running the VMs (VM i on worker i % workers). 0: one per core, at most
+  // one per VM.
+  unsigned workers = 0;
   LogLevel log_level = LogLevel::kInfo;
 };
 
@@ -58,6 +76,23 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv);
 // sockaddr_vm holds 32 bits.
 Result<uint64_t> ParseGuestCid(std::string_view text);
 Status ValidateGuestCid(uint64_t cid);
+
+// One --vm value ("guest-cid=4,socket=/run/vm4.sock,uds-path=/run/vm4.vsock,groups=a+b"),
+// starting from `defaults`. Keys: guest-cid, socket, uds-path, run-dir, tx-buffer-size,
+// queue-size, ok-reply, connect-timeout-ms, groups ('_' works for '-'). The VM is validated
+// alone (ValidateVm); duplicates across VMs are ValidateVms' job.
+Result<VmOptions> ParseVmSpec(std::string_view spec, const VmOptions& defaults);
+
+// A --config file's text: YAML with a `vms:` list of maps with the --vm keys (numbers may be
+// YAML numbers; groups "a+b" or a YAML list). `source` names the file in errors.
+Result<std::vector<VmOptions>> ParseConfigYaml(std::string_view text, const VmOptions& defaults,
+                                               std::string_view source = "config");
+Result<std::vector<VmOptions>> LoadConfigFile(const std::string& path, const VmOptions& defaults);
+
+// Checks one VM (socket set, uds-path or run-dir set, CID allowed, sizes in range...) and a
+// set of VMs (at least one; no CID, vhost-user socket or hybrid path used twice).
+Status ValidateVm(const VmOptions& vm);
+Status ValidateVms(const std::vector<VmOptions>& vms);
 
 // "vsockd 0.1.0".
 std::string VersionString();

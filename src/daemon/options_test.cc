@@ -158,5 +158,153 @@ TEST(DaemonOptionsTest, HelpAndVersionExit0) {
   EXPECT_EQ(version.output.rfind("vsockd ", 0), 0u);
 }
 
+// --- Several VMs: --vm and --config -------------------------------------------------------
+
+TEST(DaemonOptionsTest, VmSpecAcceptsDashAndUnderscoreKeys) {
+  ParseOutcome out =
+      Parse({"--vm",
+             "guest-cid=3,socket=/s3,uds-path=/u3,tx-buffer-size=65536,queue-size=256,"
+             "groups=group1+groupA",
+             "--vm", "guest_cid=4,socket=/s4,uds_path=/u4,tx_buffer_size=32768,queue_size=512",
+             "--connect-timeout-ms", "700", "--ok-reply", "guest-port", "--workers", "2"});
+  ASSERT_TRUE(out.run) << out.output;
+  ASSERT_EQ(out.options.vms.size(), 2u);
+  const VmOptions& a = out.options.vms[0];
+  EXPECT_EQ(a.guest_cid, 3u);
+  EXPECT_EQ(a.socket_path, "/s3");
+  EXPECT_EQ(a.uds_path, "/u3");
+  EXPECT_EQ(a.tx_buffer_size, 65536u);
+  EXPECT_EQ(a.queue_size, 256u);
+  EXPECT_EQ(a.groups, (std::vector<std::string>{"group1", "groupA"}));
+  const VmOptions& b = out.options.vms[1];
+  EXPECT_EQ(b.guest_cid, 4u);
+  EXPECT_EQ(b.uds_path, "/u4");
+  EXPECT_EQ(b.tx_buffer_size, 32768u);
+  EXPECT_EQ(b.groups, (std::vector<std::string>{"default"}));
+  // Global flags are every VM's defaults.
+  EXPECT_EQ(b.connect_timeout, std::chrono::milliseconds(700));
+  EXPECT_EQ(b.ok_reply, host::OkReply::kGuestPort);
+  EXPECT_EQ(out.options.workers, 2u);
+}
+
+TEST(DaemonOptionsTest, SingleVmFormFillsOneVm) {
+  ParseOutcome out = ParseWithRequired({"--groups", "a+b"});
+  ASSERT_TRUE(out.run) << out.output;
+  ASSERT_EQ(out.options.vms.size(), 1u);
+  EXPECT_EQ(out.options.vms[0].socket_path, "/run/vm3.sock");
+  EXPECT_EQ(out.options.vms[0].groups, (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(DaemonOptionsTest, BadVmSpecsExit2WithTheReason) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* must_mention;
+  };
+  const std::string ok4 = "guest-cid=4,socket=/s4,uds-path=/u4";
+  std::vector<Case> cases = {
+      {{"--vm", "guest-cid=3,socket=/s,uds-path=/u,colour=red"}, "unknown key 'colour'"},
+      {{"--vm", "guest-cid=3,socket=/s"}, "uds-path is required"},
+      {{"--vm", "guest-cid=3,uds-path=/u"}, "socket is required"},
+      {{"--vm", "guest-cid=x,socket=/s,uds-path=/u"}, "not a decimal"},
+      {{"--vm", "guest-cid=3,socket=/s,uds-path=/u,queue-size=300"}, "power of two"},
+      {{"--vm", "guest-cid=3,socket=/s,uds-path=/u,tx-buffer-size=10"}, "out of range"},
+      {{"--vm", "guest-cid=3,socket=/s,uds-path=/u,groups=a++b"}, "empty group"},
+      {{"--vm", "guest-cid=3,socket=/s,uds-path=/u,guest_cid=4"}, "given twice"},
+      {{"--vm", "guest-cid=3,socket=/s,novalue"}, "key=value"},
+      {{"--vm", "guest-cid=3,socket=/s,forward-cid=1"}, "not supported"},
+      {{"--vm", "guest-cid=0,socket=/s,uds-path=/u"}, "reserved"},
+      {{"--vm", "guest-cid=1,socket=/s,uds-path=/u"}, "reserved"},
+      {{"--vm", "guest-cid=2,socket=/s,uds-path=/u"}, "reserved"},
+      {{"--vm", "guest-cid=4294967295,socket=/s,uds-path=/u"}, "reserved"},
+      {{"--vm", "guest-cid=4294967296,socket=/s,uds-path=/u"}, "32 bits"},
+      {{"--vm", "guest-cid=4,socket=/s,uds-path=/u", "--vm", ok4}, "duplicate guest CID 4"},
+      {{"--vm", "guest-cid=3,socket=/s4,uds-path=/u", "--vm", ok4}, "duplicate path '/s4'"},
+      {{"--vm", "guest-cid=3,socket=/s,uds-path=/u4", "--vm", ok4}, "duplicate path '/u4'"},
+      {{"--vm", ok4, "--socket", "/x"}, "cannot be mixed"},
+      {{"--vm", ok4, "--guest-cid", "5"}, "cannot be mixed"},
+      {{"--vm", ok4, "--uds-path", "/x"}, "cannot be mixed"},
+      {{"--vm", ok4, "--config", "/nonexistent.yaml"}, "cannot be mixed"},
+  };
+  for (const auto& c : cases) {
+    ParseOutcome out = Parse(c.args);
+    EXPECT_FALSE(out.run) << c.args[1];
+    EXPECT_EQ(out.exit_code, 2) << c.args[1];
+    EXPECT_NE(out.output.find(c.must_mention), std::string::npos)
+        << "wanted '" << c.must_mention << "' in: " << out.output;
+  }
+}
+
+TEST(DaemonOptionsTest, YamlConfigLikeVhostDeviceVsock) {
+  VmOptions defaults;
+  defaults.connect_timeout = std::chrono::milliseconds(900);
+  auto vms = ParseConfigYaml(R"(vms:
+    - guest_cid: 3
+      socket: /tmp/vhost3.socket
+      uds_path: /tmp/vm3.vsock
+      tx_buffer_size: 65536
+      queue_size: 1024
+      groups: group1+groupA
+    - guest-cid: 4
+      socket: /tmp/vhost4.socket
+      uds-path: /tmp/vm4.vsock
+      groups: [group2, groupB]
+)",
+                             defaults);
+  ASSERT_TRUE(vms.ok()) << vms.error().ToString();
+  ASSERT_EQ(vms->size(), 2u);
+  EXPECT_EQ((*vms)[0].guest_cid, 3u);
+  EXPECT_EQ((*vms)[0].tx_buffer_size, 65536u);
+  EXPECT_EQ((*vms)[0].groups, (std::vector<std::string>{"group1", "groupA"}));
+  EXPECT_EQ((*vms)[1].uds_path, "/tmp/vm4.vsock");
+  EXPECT_EQ((*vms)[1].groups, (std::vector<std::string>{"group2", "groupB"}));
+  EXPECT_EQ((*vms)[1].connect_timeout, std::chrono::milliseconds(900));
+}
+
+TEST(DaemonOptionsTest, BadYamlConfigsSayWhatIsWrong) {
+  struct Case {
+    const char* text;
+    const char* must_mention;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"vms: [", "YAML error"},
+           {"- a", "expected a map"},
+           {"vms: []", "non-empty list"},
+           {"machines: []", "unknown top-level key 'machines'"},
+           {"vms:\n  - 3\n", "not a map"},
+           {"vms:\n  - guest_cid: 3\n    socket: /s\n", "uds-path is required"},
+           {"vms:\n  - guest_cid: 3\n    socket: /s\n    uds_path: /u\n    speed: 9\n",
+            "unknown key 'speed'"},
+           {"vms:\n  - guest_cid: two\n    socket: /s\n    uds_path: /u\n", "not a decimal"},
+           {"vms:\n  - guest_cid: 2\n    socket: /s\n    uds_path: /u\n", "reserved"},
+           {"vms:\n  - guest_cid: 3\n    socket: {a: 1}\n    uds_path: /u\n", "single value"},
+       }) {
+    auto vms = ParseConfigYaml(c.text, VmOptions{}, "test.yaml");
+    ASSERT_FALSE(vms.ok()) << c.text;
+    EXPECT_NE(vms.error().context.find(c.must_mention), std::string::npos)
+        << "wanted '" << c.must_mention << "' in: " << vms.error().context;
+    EXPECT_NE(vms.error().context.find("test.yaml"), std::string::npos);
+  }
+  // Duplicates across the file are ValidateVms' job (ParseCommandLine runs it).
+  auto dup = ParseConfigYaml(
+      "vms:\n  - {guest_cid: 3, socket: /a, uds_path: /b}\n  - {guest_cid: 3, socket: /c, "
+      "uds_path: /d}\n",
+      VmOptions{});
+  ASSERT_TRUE(dup.ok());
+  Status s = ValidateVms(*dup);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.error().context.find("duplicate guest CID 3"), std::string::npos);
+  auto missing = LoadConfigFile("/nonexistent/vsockd.yaml", VmOptions{});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().context.find("/nonexistent/vsockd.yaml"), std::string::npos);
+}
+
+TEST(DaemonOptionsTest, HelpDocumentsTheMultiVmForms) {
+  ParseOutcome help = Parse({"--help"});
+  for (const char* text :
+       {"--vm", "--config", "--workers", "--groups", "guest-cid=3", "vms:", "cannot be", "group"}) {
+    EXPECT_NE(help.output.find(text), std::string::npos) << text;
+  }
+}
+
 }  // namespace
 }  // namespace vsockd::daemon

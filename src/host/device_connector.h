@@ -1,5 +1,6 @@
-// DeviceGuestConnector: the production GuestConnector, forwarding UnixBackend's host ->
-// guest connects to a vsock::Device.
+// DeviceGuestConnector: the production GuestConnector (and SiblingConnector), forwarding
+// UnixBackend's host -> guest connects and SiblingRouter's guest -> guest connects to a
+// vsock::Device.
 //
 // Role: the only place the host backend touches vsock::Device, kept header-only so that
 // host_test (which uses a fake connector) does not need the device's implementation.
@@ -11,12 +12,13 @@
 
 #include <cerrno>
 
+#include "host/sibling_router.h"
 #include "host/unix_backend.h"
 #include "vsock/device.h"
 
 namespace vsockd::host {
 
-class DeviceGuestConnector : public GuestConnector {
+class DeviceGuestConnector : public GuestConnector, public SiblingConnector {
  public:
   explicit DeviceGuestConnector(vsock::Device* device = nullptr) : device_(device) {}
 
@@ -25,6 +27,12 @@ class DeviceGuestConnector : public GuestConnector {
   Result<uint64_t> ConnectToGuest(uint32_t guest_port, Done done) override {
     if (device_ == nullptr) return MakeError(ENODEV, "no vsock device");
     return device_->ConnectToGuest(guest_port, std::move(done));
+  }
+
+  Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
+                                      Done done) override {
+    if (device_ == nullptr) return MakeError(ENODEV, "no vsock device");
+    return device_->ConnectToGuestFrom(peer_cid, peer_port, guest_port, std::move(done));
   }
 
   void CancelConnectToGuest(uint64_t id) override {

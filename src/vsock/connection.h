@@ -10,9 +10,11 @@
 // ---------------------------------------------------------------------------------------
 // Protocol primer (virtio spec "Socket Device", Linux net/vmw_vsock/virtio_transport_common.c)
 // ---------------------------------------------------------------------------------------
-// Identity. A connection is (guest_cid, guest_port) <-> (2 = VMADDR_CID_HOST, host_port).
-// There are no sequence numbers: a port pair may be reused right after an RST, so an RST
-// frees the connection at once. The device keys connections by (guest_port, host_port).
+// Identity. A connection is (guest_cid, guest_port) <-> (peer_cid, peer_port). The peer is the
+// host (2 = VMADDR_CID_HOST) or, with sibling routing, another VM's CID; ConnectionInfo calls
+// it host_cid/host_port either way. There are no sequence numbers: a port pair may be reused
+// right after an RST, so an RST frees the connection at once. The device keys connections by
+// (guest_port, peer_cid, peer_port) (ConnKey).
 //
 // States (ours):
 //   kConnectingHost   the guest sent REQUEST; HostBackend::ConnectToHost is in progress.
@@ -96,6 +98,26 @@ class ByteQueue {
   size_t head_ = 0;
 };
 
+// A connection's key within one device: our guest's port and the peer's address.
+struct ConnKey {
+  uint32_t guest_port = 0;
+  uint32_t peer_port = 0;
+  uint64_t peer_cid = 0;
+  bool operator==(const ConnKey&) const = default;
+};
+
+struct ConnKeyHash {
+  size_t operator()(const ConnKey& k) const {
+    // murmur3 finalizer over the packed fields: ports are small and correlated.
+    uint64_t x = (static_cast<uint64_t>(k.guest_port) << 32) | k.peer_port;
+    x ^= k.peer_cid * 0x9e3779b97f4a7c15ULL;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return static_cast<size_t>(x);
+  }
+};
+
 enum class ConnState { kConnectingHost, kConnectingGuest, kEstablished, kClosing };
 const char* ConnStateName(ConnState state);
 
@@ -111,10 +133,10 @@ class Connection {
   Connection(const ConnectionInfo& info, ConnState state, uint32_t buf_alloc)
       : info_(info), state_(state), buf_alloc_(buf_alloc) {}
 
-  static uint64_t MakeKey(uint32_t guest_port, uint32_t host_port) {
-    return (static_cast<uint64_t>(guest_port) << 32) | host_port;
+  static ConnKey MakeKey(uint32_t guest_port, uint64_t peer_cid, uint32_t peer_port) {
+    return ConnKey{guest_port, peer_port, peer_cid};
   }
-  uint64_t key() const { return MakeKey(info_.guest_port, info_.host_port); }
+  ConnKey key() const { return MakeKey(info_.guest_port, info_.host_cid, info_.host_port); }
   const ConnectionInfo& info() const { return info_; }
   ConnState state() const { return state_; }
   void set_state(ConnState s) { state_ = s; }

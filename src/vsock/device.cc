@@ -55,16 +55,6 @@ constexpr size_t kMaxIov = IOV_MAX;
 // How long the host peer of a vanished guest gets to read the bytes we still hold for it.
 constexpr std::chrono::seconds kLingerTimeout{10};
 
-struct KeyHash {
-  size_t operator()(uint64_t k) const {
-    // murmur3 finalizer: ports are small and correlated, spread them over the buckets.
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    return static_cast<size_t>(k);
-  }
-};
-
 // Copies up to n bytes starting at byte `offset` of the iovec stream into out.
 size_t CopyFromIov(const std::vector<iovec>& iov, size_t offset, uint8_t* out, size_t n) {
   size_t done = 0;
@@ -210,18 +200,39 @@ class Device::Impl {
     for (size_t tries = 0; tries <= conns_.size(); ++tries) {
       uint32_t p = next_host_port_++;
       if (next_host_port_ >= kHostPortEnd) next_host_port_ = kHostPortFirst;
-      if (conns_.count(Connection::MakeKey(guest_port, p)) == 0) {
+      if (conns_.count(Connection::MakeKey(guest_port, VMADDR_CID_HOST, p)) == 0) {
         host_port = p;
         break;
       }
     }
     if (host_port == 0)
       return MakeError(EADDRINUSE, "no free host port for guest port {}", guest_port);
+    return StartGuestConnect(
+        ConnectionInfo{opts_.guest_cid, guest_port, VMADDR_CID_HOST, host_port}, std::move(done));
+  }
 
-    ConnectionInfo info{opts_.guest_cid, guest_port, VMADDR_CID_HOST, host_port};
+  Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
+                                      GuestConnectDone done) {
+    if (!IsValidGuestCid(peer_cid) || peer_cid == opts_.guest_cid) {
+      return MakeError(EINVAL, "vsock cid {}: {} cannot be a sibling peer CID", opts_.guest_cid,
+                       peer_cid);
+    }
+    if (conns_.size() >= opts_.max_connections) {
+      return MakeError(EAGAIN, "vsock cid {}: connection limit ({}) reached", opts_.guest_cid,
+                       opts_.max_connections);
+    }
+    if (conns_.count(Connection::MakeKey(guest_port, peer_cid, peer_port)) != 0) {
+      return MakeError(EADDRINUSE, "vsock cid {}: {}:{} -> guest port {} already exists",
+                       opts_.guest_cid, peer_cid, peer_port, guest_port);
+    }
+    return StartGuestConnect(ConnectionInfo{opts_.guest_cid, guest_port, peer_cid, peer_port},
+                             std::move(done));
+  }
+
+  Result<uint64_t> StartGuestConnect(const ConnectionInfo& info, GuestConnectDone done) {
     Connection* conn = AddConnection(info, ConnState::kConnectingGuest);
     uint64_t id = next_connect_id_++;
-    uint64_t key = conn->key();
+    ConnKey key = conn->key();
     conn->guest_connect_id = id;
     guest_connects_[id] = GuestConnect{key, std::move(done)};
     std::weak_ptr<bool> alive = alive_;
@@ -239,10 +250,15 @@ class Device::Impl {
     return id;
   }
 
+  // A CID our guest may talk to: the host, or another VM (the backend decides which exist).
+  bool IsRoutablePeer(uint64_t cid) const {
+    return cid == VMADDR_CID_HOST || (IsValidGuestCid(cid) && cid != opts_.guest_cid);
+  }
+
   void CancelConnectToGuest(uint64_t id) {
     auto it = guest_connects_.find(id);
     if (it == guest_connects_.end()) return;
-    uint64_t key = it->second.key;
+    ConnKey key = it->second.key;
     guest_connects_.erase(it);
     Connection* conn = Find(key);
     if (conn == nullptr || conn->guest_connect_id != id) return;
@@ -256,7 +272,7 @@ class Device::Impl {
 
  private:
   struct GuestConnect {
-    uint64_t key = 0;
+    ConnKey key;
     GuestConnectDone done;
   };
   enum class Served { kDone, kStarved, kFreed };
@@ -264,7 +280,7 @@ class Device::Impl {
   // ---------------------------------------------------------------------------------------
   // Connections
   // ---------------------------------------------------------------------------------------
-  Connection* Find(uint64_t key) {
+  Connection* Find(const ConnKey& key) {
     auto it = conns_.find(key);
     return it == conns_.end() ? nullptr : it->second.get();
   }
@@ -449,7 +465,7 @@ class Device::Impl {
     conn->prefix_off = 0;
     conn->host_readable = false;  // the registration reports what is already readable
     conn->host_writable = true;
-    uint64_t key = conn->key();
+    ConnKey key = conn->key();
     st = loop_->Add(conn->host_fd.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                     [this, key](uint32_t events) { OnHostEvent(key, events); });
     if (!st.ok()) {
@@ -461,7 +477,7 @@ class Device::Impl {
     return true;
   }
 
-  void OnHostConnected(uint64_t key, Result<HostStream> result) {
+  void OnHostConnected(ConnKey key, Result<HostStream> result) {
     Connection* conn = Find(key);
     if (conn == nullptr || conn->state() != ConnState::kConnectingHost) return;
     DestroyPendingConnect(conn);
@@ -480,7 +496,7 @@ class Device::Impl {
     MaybeQueueRx(conn);
   }
 
-  void OnHostEvent(uint64_t key, uint32_t events) {
+  void OnHostEvent(ConnKey key, uint32_t events) {
     Connection* conn = Find(key);
     if (conn == nullptr || !conn->host_fd.valid()) return;
     if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn->host_readable = true;
@@ -520,7 +536,7 @@ class Device::Impl {
 
   void StartCloseTimer(Connection* conn) {
     if (conn->timer != 0) return;
-    uint64_t key = conn->key();
+    ConnKey key = conn->key();
     std::weak_ptr<bool> alive = alive_;
     conn->timer = loop_->AddTimer(opts_.close_timeout, [this, alive, key] {
       if (alive.expired()) return;
@@ -680,14 +696,17 @@ class Device::Impl {
     if (h.len > kMaxPacketPayload) return Drop("len above 64 KiB", &h);
     if (h.len > chain.readable_bytes - kHeaderSize) return Drop("len beyond the chain", &h);
     if (h.src_cid != opts_.guest_cid) return Drop("spoofed src_cid", &h);
-    if (h.dst_cid != VMADDR_CID_HOST || h.type != VIRTIO_VSOCK_TYPE_STREAM ||
+    // The destination may be the host or another VM: the backend decides whether that peer
+    // exists and may be reached (an unknown or forbidden CID fails the connect: RST). CIDs
+    // nobody can be (0, 1, our own, VMADDR_CID_ANY, above 32 bits) are refused here.
+    if (!IsRoutablePeer(h.dst_cid) || h.type != VIRTIO_VSOCK_TYPE_STREAM ||
         h.op == VIRTIO_VSOCK_OP_INVALID || h.op > VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
       LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: refused tx packet: {}", opts_.guest_cid,
                       DescribeHeader(h));
       ReplyRst(h);
       return;
     }
-    uint64_t key = Connection::MakeKey(h.src_port, h.dst_port);
+    ConnKey key = Connection::MakeKey(h.src_port, h.dst_cid, h.dst_port);
     Connection* conn = Find(key);
     if (conn == nullptr) {
       if (h.op == VIRTIO_VSOCK_OP_REQUEST) return OpenFromGuest(h);
@@ -750,10 +769,10 @@ class Device::Impl {
       ReplyRst(h);
       return;
     }
-    ConnectionInfo info{opts_.guest_cid, h.src_port, VMADDR_CID_HOST, h.dst_port};
+    ConnectionInfo info{opts_.guest_cid, h.src_port, h.dst_cid, h.dst_port};
     Connection* conn = AddConnection(info, ConnState::kConnectingHost);
     conn->UpdatePeerCredit(h);
-    uint64_t key = conn->key();
+    ConnKey key = conn->key();
     std::weak_ptr<bool> alive = alive_;
     conn->host_connect =
         backend_->ConnectToHost(info, [this, alive, key](Result<HostStream> result) {
@@ -774,7 +793,7 @@ class Device::Impl {
       guest_connects_.erase(it);
     }
     conn->guest_connect_id = 0;
-    uint64_t key = conn->key();
+    ConnKey key = conn->key();
     uint32_t host_port = conn->info().host_port;
     std::optional<HostStream> stream;
     if (done) stream = done(host_port);
@@ -817,7 +836,7 @@ class Device::Impl {
   }
 
   void FlushTxBatch() {
-    for (uint64_t key : flush_keys_) {
+    for (const ConnKey& key : flush_keys_) {
       Connection* conn = Find(key);
       if (conn == nullptr || !conn->in_flush_list) continue;
       conn->in_flush_list = false;
@@ -953,7 +972,7 @@ class Device::Impl {
       // its turn goes to the back (and another pass is scheduled).
       size_t turns = rx_fifo_.size();
       while (!starved && turns-- > 0 && !rx_fifo_.empty() && rxq_ == q && RxUsable()) {
-        uint64_t key = rx_fifo_.front();
+        ConnKey key = rx_fifo_.front();
         rx_fifo_.pop_front();
         Connection* conn = Find(key);
         if (conn == nullptr || !conn->in_rx_queue) continue;
@@ -1207,8 +1226,8 @@ class Device::Impl {
   std::unordered_map<int, std::unique_ptr<Linger>> lingers_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for deferred callbacks
 
-  std::unordered_map<uint64_t, std::unique_ptr<Connection>, KeyHash> conns_;
-  std::deque<uint64_t> rx_fifo_;      // connections with something for the guest
+  std::unordered_map<ConnKey, std::unique_ptr<Connection>, ConnKeyHash> conns_;
+  std::deque<ConnKey> rx_fifo_;       // connections with something for the guest
   std::deque<PacketHeader> replies_;  // RSTs waiting for rx buffers
   std::unordered_map<uint64_t, GuestConnect> guest_connects_;
   uint64_t next_connect_id_ = 1;
@@ -1217,7 +1236,7 @@ class Device::Impl {
   // Scratch reused across batches (no allocation on the data path once warm).
   DescChain tx_chain_;
   std::vector<uint16_t> tx_used_;
-  std::vector<uint64_t> flush_keys_;
+  std::vector<ConnKey> flush_keys_;
   std::vector<iovec> write_iov_;
   std::vector<DescChain> rx_pool_;
   std::vector<size_t> rx_caps_;
@@ -1241,6 +1260,10 @@ void Device::QueueKicked(uint32_t index) { impl_->QueueKicked(index); }
 void Device::FrontendGone() { impl_->FrontendGone(); }
 Result<uint64_t> Device::ConnectToGuest(uint32_t guest_port, GuestConnectDone done) {
   return impl_->ConnectToGuest(guest_port, std::move(done));
+}
+Result<uint64_t> Device::ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port,
+                                            uint32_t guest_port, GuestConnectDone done) {
+  return impl_->ConnectToGuestFrom(peer_cid, peer_port, guest_port, std::move(done));
 }
 void Device::CancelConnectToGuest(uint64_t id) { impl_->CancelConnectToGuest(id); }
 uint64_t Device::guest_cid() const { return impl_->guest_cid(); }

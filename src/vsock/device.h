@@ -9,7 +9,12 @@
 // What it guarantees (details in device.cc and connection.h):
 //  - every tx chain is returned to the guest (used len 0), valid or not;
 //  - guest input is validated before use (src_cid anti-spoofing, type, op, len vs bytes
-//    present, 64 KiB cap); a bad packet is dropped with a rate-limited log line, a bad
+//    present, 64 KiB cap);
+//  - routing: a guest REQUEST to dst_cid 2 (the host) or to any other valid guest CID goes to
+//    the HostBackend with ConnectionInfo.host_cid = dst_cid, and the backend decides (the
+//    daemon's router sends sibling CIDs to the other VM, or refuses -> RST); dst_cid 0, 1,
+//    our own CID, VMADDR_CID_ANY or above 32 bits gets RST here. Connections are keyed by
+//    (guest port, peer CID, peer port); a bad packet is dropped with a rate-limited log line, a bad
 //    connection is reset, the device keeps serving the others;
 //  - RST answers packets for unknown connections and refused connects, never an RST;
 //  - per-connection credit: never sends the guest more than its buf_alloc allows, and sends
@@ -87,6 +92,12 @@ class Device : public virtio::VirtioDevice {
   //    the device goes away (ECONNRESET); its return value is then ignored.
   using GuestConnectDone = std::function<std::optional<HostStream>(Result<uint32_t>)>;
   Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done);
+  // The same for a peer other than the host (a sibling VM, routed by the daemon): the guest
+  // sees a REQUEST from (peer_cid, peer_port), and `done` gets Ok(peer_port). EINVAL for a
+  // peer_cid that is not a valid guest CID or is our own, EADDRINUSE when that connection
+  // already exists, EAGAIN at the connection limit. Cancel with CancelConnectToGuest.
+  Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
+                                      GuestConnectDone done);
   // Abandons a pending ConnectToGuest (the host peer went away); `done` is not called.
   void CancelConnectToGuest(uint64_t id);
 

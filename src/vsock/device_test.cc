@@ -574,7 +574,26 @@ TEST_F(DeviceTest, SpoofedSrcCidDroppedSilently) {
   EXPECT_EQ(backend_->connect_calls(), 0u);
 }
 
-TEST_F(DeviceTest, UnknownDstCidGetsRst) {
+// The device no longer assumes the peer is the host: a REQUEST to another CID goes to the
+// backend (which routes siblings or refuses), keyed apart from the same ports on CID 2.
+TEST_F(DeviceTest, OtherDstCidGoesToTheBackend) {
+  auto h = guest_->Header(VIRTIO_VSOCK_OP_REQUEST, kGuestPort, kHostPort);
+  h.dst_cid = 7;
+  ASSERT_TRUE(guest_->Send(h).ok());
+  auto p = NextRx();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, VIRTIO_VSOCK_OP_RESPONSE) << DescribeHeader(p->hdr);
+  EXPECT_EQ(p->hdr.src_cid, 7u);
+  EXPECT_EQ(p->hdr.src_port, kHostPort);
+  ASSERT_EQ(backend_->infos().size(), 1u);
+  EXPECT_EQ(backend_->infos()[0].host_cid, 7u);
+  EXPECT_EQ(backend_->infos()[0].host_port, kHostPort);
+  EXPECT_EQ(backend_->infos()[0].guest_cid, 3u);
+  EXPECT_EQ(backend_->infos()[0].guest_port, kGuestPort);
+}
+
+TEST_F(DeviceTest, BackendRefusingAnotherCidGetsRst) {
+  backend_->Refuse(kHostPort);
   auto h = guest_->Header(VIRTIO_VSOCK_OP_REQUEST, kGuestPort, kHostPort);
   h.dst_cid = 7;
   ASSERT_TRUE(guest_->Send(h).ok());
@@ -582,7 +601,121 @@ TEST_F(DeviceTest, UnknownDstCidGetsRst) {
   ASSERT_TRUE(p);
   EXPECT_EQ(p->hdr.op, VIRTIO_VSOCK_OP_RST);
   EXPECT_EQ(p->hdr.src_cid, 7u);
+  EXPECT_EQ(p->hdr.dst_port, kGuestPort);
+  EXPECT_EQ(backend_->connect_calls(), 1u);
+  EXPECT_EQ(device_->stats().connections_active, 0u);
+}
+
+TEST_F(DeviceTest, ImpossibleDstCidsGetRstWithoutTheBackend) {
+  // 0 (hypervisor), 1 (local), our own CID, VMADDR_CID_ANY, above 32 bits.
+  for (uint64_t cid : {0ull, 1ull, 3ull, 0xFFFFFFFFull, 1ull << 32}) {
+    auto h = guest_->Header(VIRTIO_VSOCK_OP_REQUEST, kGuestPort, kHostPort);
+    h.dst_cid = cid;
+    ASSERT_TRUE(guest_->Send(h).ok());
+    auto p = NextRx();
+    ASSERT_TRUE(p) << cid;
+    EXPECT_EQ(p->hdr.op, VIRTIO_VSOCK_OP_RST) << cid;
+    EXPECT_EQ(p->hdr.src_cid, cid);
+  }
   EXPECT_EQ(backend_->connect_calls(), 0u);
+}
+
+TEST_F(DeviceTest, SamePortsToDifferentPeerCidsAreDistinctConnections) {
+  Fd host_peer = Connect();  // kGuestPort -> 2:kHostPort
+  ASSERT_TRUE(host_peer.valid());
+  auto h = guest_->Header(VIRTIO_VSOCK_OP_REQUEST, kGuestPort, kHostPort);
+  h.dst_cid = 9;
+  ASSERT_TRUE(guest_->Send(h).ok());
+  auto resp = NextRx();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->hdr.op, VIRTIO_VSOCK_OP_RESPONSE);
+  EXPECT_EQ(resp->hdr.src_cid, 9u);
+  Fd sibling_peer = backend_->TakePeer(kHostPort);
+  ASSERT_TRUE(sibling_peer.valid());
+  ASSERT_TRUE(SetNonBlocking(sibling_peer.get()).ok());
+  EXPECT_EQ(device_->stats().connections_active, 2u);
+
+  auto rw = guest_->Header(VIRTIO_VSOCK_OP_RW, kGuestPort, kHostPort, 3);
+  rw.dst_cid = 9;
+  ASSERT_TRUE(guest_->Send(rw, Bytes("sib")).ok());
+  SendRw(Bytes("host"));
+  std::vector<uint8_t> at_host, at_sibling;
+  ASSERT_TRUE(RunUntil([&] {
+    ReadAvailable(host_peer.get(), &at_host);
+    ReadAvailable(sibling_peer.get(), &at_sibling);
+    return at_host.size() >= 4 && at_sibling.size() >= 3;
+  }));
+  EXPECT_EQ(std::string(at_host.begin(), at_host.end()), "host");
+  EXPECT_EQ(std::string(at_sibling.begin(), at_sibling.end()), "sib");
+
+  // Data from the sibling's stream reaches the guest from CID 9.
+  ASSERT_EQ(::write(sibling_peer.get(), "xy", 2), 2);
+  auto p = NextRx();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, VIRTIO_VSOCK_OP_RW);
+  EXPECT_EQ(p->hdr.src_cid, 9u);
+  EXPECT_EQ(p->hdr.len, 2u);
+
+  // An RST for the sibling connection leaves the host one alone.
+  auto rst = guest_->Header(VIRTIO_VSOCK_OP_RST, kGuestPort, kHostPort);
+  rst.dst_cid = 9;
+  ASSERT_TRUE(guest_->Send(rst).ok());
+  Pump();
+  EXPECT_EQ(device_->stats().connections_active, 1u);
+}
+
+TEST_F(DeviceTest, ConnectToGuestFromUsesThePeerAddress) {
+  std::optional<Result<uint32_t>> result;
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  Fd mine(sv[0]);
+  Fd theirs(sv[1]);
+  auto id = device_->ConnectToGuestFrom(
+      9, 4321, 5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
+        result = r;
+        if (!r.ok()) return std::nullopt;
+        return HostStream{std::move(theirs), {}};
+      });
+  ASSERT_TRUE(id.ok()) << id.error().ToString();
+  auto req = NextRx();
+  ASSERT_TRUE(req);
+  EXPECT_EQ(req->hdr.op, VIRTIO_VSOCK_OP_REQUEST);
+  EXPECT_EQ(req->hdr.src_cid, 9u);
+  EXPECT_EQ(req->hdr.src_port, 4321u);
+  EXPECT_EQ(req->hdr.dst_port, 5000u);
+  // The same peer address again while it exists: refused.
+  auto dup = device_->ConnectToGuestFrom(
+      9, 4321, 5000, [](const Result<uint32_t>&) -> std::optional<HostStream> { return {}; });
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, EADDRINUSE);
+  auto resp = guest_->Header(VIRTIO_VSOCK_OP_RESPONSE, 5000, 4321);
+  resp.dst_cid = 9;
+  ASSERT_TRUE(guest_->Send(resp).ok());
+  Pump();
+  ASSERT_TRUE(result.has_value());
+  ASSERT_TRUE(result->ok());
+  EXPECT_EQ(result->value(), 4321u);
+  auto h = guest_->Header(VIRTIO_VSOCK_OP_RW, 5000, 4321, 2);
+  h.dst_cid = 9;
+  ASSERT_TRUE(guest_->Send(h, Bytes("hi")).ok());
+  std::vector<uint8_t> got;
+  ASSERT_TRUE(RunUntil([&] {
+    ReadAvailable(mine.get(), &got);
+    return got.size() >= 2;
+  }));
+  EXPECT_EQ(std::string(got.begin(), got.end()), "hi");
+  // A RESPONSE that names the host instead of CID 9 is not this connection.
+  EXPECT_EQ(device_->stats().connections_active, 1u);
+}
+
+TEST_F(DeviceTest, ConnectToGuestFromRejectsImpossiblePeers) {
+  auto none = [](const Result<uint32_t>&) -> std::optional<HostStream> { return {}; };
+  for (uint64_t cid : {0ull, 1ull, 2ull, 3ull, 0xFFFFFFFFull, 1ull << 32}) {
+    auto r = device_->ConnectToGuestFrom(cid, 1, 5000, none);
+    ASSERT_FALSE(r.ok()) << cid;
+    EXPECT_EQ(r.error().code, EINVAL) << cid;
+  }
+  EXPECT_EQ(device_->stats().connections_active, 0u);
 }
 
 TEST_F(DeviceTest, BadTypeGetsRstWithTypeEchoed) {

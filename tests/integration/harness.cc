@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -40,9 +41,14 @@ Status Subprocess::Start(const std::vector<std::string>& argv, const std::string
   args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
+  const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) return ErrnoError("fork");
   if (pid == 0) {
+    // A test that dies (a crash, a ctest timeout, SIGKILL) must not leave vsockd or a host
+    // program running: the child dies with its parent.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
     int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log >= 0) {
       ::dup2(log, STDOUT_FILENO);
@@ -96,6 +102,39 @@ std::string Subprocess::Log() const {
 
 std::string BuiltBinary(const std::string& name) {
   return std::string(VSOCKD_BINARY_DIR) + "/" + name;
+}
+
+std::string GuardBinary() { return BuiltBinary("tests/guard/no_vsock_guard"); }
+std::string ShimLibrary() { return BuiltBinary("src/preload/libvsock_preload.so"); }
+
+std::vector<std::string> Shimmed(const std::string& run_dir) {
+  return {GuardBinary(),
+          "env",
+          "LD_PRELOAD=" + ShimLibrary(),
+          "VSOCKD_RUN_DIR=" + run_dir,
+          "PYTHONUNBUFFERED=1",
+          "PYTHONDONTWRITEBYTECODE=1"};
+}
+
+std::string SeedProgram(const std::string& name) {
+  return std::string(VSOCKD_SOURCE_DIR) + "/tests/seed/" + name;
+}
+
+std::string ShellLine(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) {
+    if (!out.empty()) out += ' ';
+    out += '\'';
+    for (char c : a) {
+      if (c == '\'') {
+        out += "'\\''";
+      } else {
+        out += c;
+      }
+    }
+    out += '\'';
+  }
+  return out;
 }
 
 Daemon::Daemon(const TempDir& dir, uint64_t cid, std::vector<std::string> extra)
@@ -155,27 +194,6 @@ bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeou
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return true;
-}
-
-std::vector<uint8_t> PatternBytes(size_t len, uint64_t seed) {
-  std::vector<uint8_t> out(len);
-  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (size_t i = 0; i < len; ++i) {
-    // xorshift64*: cheap, and different for every offset so reordering is detected.
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    out[i] = static_cast<uint8_t>((x * 0x2545F4914F6CDD1Dull) >> 56);
-  }
-  return out;
-}
-
-uint64_t Fnv1a(std::span<const uint8_t> data, uint64_t h) {
-  for (uint8_t b : data) {
-    h ^= b;
-    h *= 0x100000001b3ull;
-  }
-  return h;
 }
 
 RunResult RunCommand(const std::string& cmd) {

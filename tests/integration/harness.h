@@ -21,6 +21,8 @@
 #include "base/event_loop.h"
 #include "base/fd.h"
 #include "base/result.h"
+// PatternBytes, Fnv1a (the data pattern and checksum shared with the guest programs).
+#include "tests/common/pattern.h"
 
 namespace vsockd::testing {
 
@@ -107,10 +109,6 @@ class LoopThread {
 bool WaitFor(const std::function<bool()>& pred,
              std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-// Deterministic pseudo-random bytes, and a 64-bit FNV-1a checksum.
-std::vector<uint8_t> PatternBytes(size_t len, uint64_t seed);
-uint64_t Fnv1a(std::span<const uint8_t> data, uint64_t h = 0xcbf29ce484222325ull);
-
 // Host side of the hybrid convention: connect to `uds_path`, send "CONNECT <port>\n", read
 // the reply line. On "OK ..." returns the connected stream; else an error carrying the line.
 Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply = nullptr);
@@ -124,5 +122,20 @@ RunResult RunCommand(const std::string& cmd);
 
 // Reads a line (up to '\n', excluded) byte by byte from a blocking fd.
 Result<std::string> ReadLine(int fd, size_t max = 256);
+
+// ---- Unmodified AF_VSOCK host programs (the LD_PRELOAD shim) ----
+// HARD RULE: a host program that could create an AF_VSOCK socket only ever runs under
+// no_vsock_guard (seccomp: socket(AF_VSOCK) -> EACCES), so a shim that failed to load fails
+// the test instead of touching the build machine's vsock.
+std::string GuardBinary();  // tests/guard/no_vsock_guard
+std::string ShimLibrary();  // src/preload/libvsock_preload.so
+// argv prefix running a program under the guard with the shim preloaded and VSOCKD_RUN_DIR
+// set (`env`, found on PATH by the guard's execvp, sets the environment, so the guard itself
+// is not preloaded). Python output unbuffered, no .pyc written.
+std::vector<std::string> Shimmed(const std::string& run_dir);
+// A seed program's path (tests/seed/NAME). Needs VSOCKD_SOURCE_DIR (set for the harness).
+std::string SeedProgram(const std::string& name);
+// Quotes argv for /bin/sh (single quotes, ' as '\'').
+std::string ShellLine(const std::vector<std::string>& argv);
 
 }  // namespace vsockd::testing

@@ -33,42 +33,11 @@ bool Exists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
-std::string Guard() { return BuiltBinary("tests/guard/no_vsock_guard"); }
+std::string Guard() { return GuardBinary(); }
 std::string Probe() { return BuiltBinary("tests/guard/vsock_probe"); }
-std::string Shim() { return BuiltBinary("src/preload/libvsock_preload.so"); }
+std::string Shim() { return ShimLibrary(); }
 std::string Vguest() { return BuiltBinary("src/vguest/vguest"); }
-std::string Seed(const std::string& name) {
-  return std::string(VSOCKD_SOURCE_DIR) + "/tests/seed/" + name;
-}
-
-// argv prefix that runs a program under the guard with the shim preloaded. `env` (found on
-// PATH by the guard's execvp) sets the environment, so the guard itself is not preloaded.
-std::vector<std::string> Shimmed(const std::string& run_dir) {
-  return {Guard(),
-          "env",
-          "LD_PRELOAD=" + Shim(),
-          "VSOCKD_RUN_DIR=" + run_dir,
-          "PYTHONUNBUFFERED=1",
-          "PYTHONDONTWRITEBYTECODE=1"};
-}
-
-// Quotes argv for /bin/sh (single quotes, ' as '\'').
-std::string ShellLine(const std::vector<std::string>& argv) {
-  std::string out;
-  for (const auto& a : argv) {
-    if (!out.empty()) out += ' ';
-    out += '\'';
-    for (char c : a) {
-      if (c == '\'') {
-        out += "'\\''";
-      } else {
-        out += c;
-      }
-    }
-    out += '\'';
-  }
-  return out;
-}
+std::string Seed(const std::string& name) { return SeedProgram(name); }
 
 class GuardTest : public ::testing::Test {};
 

@@ -24,6 +24,7 @@ class FakePending : public PendingConnect {
 std::unique_ptr<PendingConnect> FakeHostBackend::ConnectToHost(const ConnectionInfo& info,
                                                                ConnectDone done) {
   ++connect_calls_;
+  infos_.push_back(info);
   auto live = std::make_shared<bool>(true);
   if (hold_) {
     held_.push_back(Held{info, std::move(done), live});

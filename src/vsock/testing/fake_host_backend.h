@@ -14,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "base/event_loop.h"
 #include "base/fd.h"
@@ -45,6 +46,8 @@ class FakeHostBackend : public HostBackend {
   // The host peer of the oldest accepted, not yet taken connection to host_port.
   Fd TakePeer(uint32_t host_port);
   size_t connect_calls() const { return connect_calls_; }
+  // Every ConnectToHost() request, in order (the device's routing decisions).
+  const std::vector<ConnectionInfo>& infos() const { return infos_; }
   size_t cancelled() const { return *cancelled_; }
 
  private:
@@ -65,6 +68,7 @@ class FakeHostBackend : public HostBackend {
   std::deque<Held> held_;
   std::map<uint32_t, std::deque<Fd>> peers_;
   size_t connect_calls_ = 0;
+  std::vector<ConnectionInfo> infos_;
   std::shared_ptr<size_t> cancelled_ = std::make_shared<size_t>(0);
 };
 

@@ -1,0 +1,133 @@
+#include "host/sibling_router.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <future>
+#include <optional>
+#include <thread>
+
+namespace vsockd::host {
+namespace {
+
+// A target "device": answers every sibling connect from its own loop thread with `accept`.
+class FakeSibling : public SiblingConnector {
+ public:
+  Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
+                                      GuestConnector::Done done) override {
+    last_peer_cid = peer_cid;
+    last_peer_port = peer_port;
+    last_guest_port = guest_port;
+    if (accept) {
+      auto stream = done(peer_port);
+      if (stream) stream_fd = std::move(stream->fd);
+    } else {
+      done(MakeError(ECONNREFUSED, "refused"));
+    }
+    return uint64_t{1};
+  }
+  void CancelConnectToGuest(uint64_t) override {}
+
+  bool accept = true;
+  uint64_t last_peer_cid = 0;
+  uint32_t last_peer_port = 0;
+  uint32_t last_guest_port = 0;
+  Fd stream_fd;
+};
+
+class SiblingRouterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    a_loop_ = std::move(EventLoop::Create()).value();
+    b_loop_ = std::move(EventLoop::Create()).value();
+    b_thread_ = std::thread([this] { b_loop_->Run(); });
+  }
+  void TearDown() override {
+    b_loop_->Stop();
+    b_thread_.join();
+  }
+
+  // Connects from CID 3 port 1000 to CID `to` port 2000 on loop A; runs A until done.
+  Result<vsock::HostStream> Connect(uint64_t to) {
+    std::optional<Result<vsock::HostStream>> result;
+    vsock::ConnectionInfo info{3, 1000, to, 2000};
+    auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
+                              [&](Result<vsock::HostStream> r) { result = std::move(r); });
+    for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+    if (!result) return MakeError(EINTR, "no answer");
+    return std::move(*result);
+  }
+
+  SiblingRouter router_;
+  std::unique_ptr<EventLoop> a_loop_, b_loop_;
+  std::thread b_thread_;
+  FakeSibling a_, b_;
+};
+
+TEST_F(SiblingRouterTest, GroupsDecideWhoMayConnect) {
+  ASSERT_TRUE(router_.Register(3, {"g1", "g2"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"g2"}, b_loop_.get(), &b_).ok());
+  ASSERT_TRUE(router_.Register(5, {"g3"}, b_loop_.get(), &b_).ok());
+  EXPECT_TRUE(router_.MayConnect(3, 4));
+  EXPECT_TRUE(router_.MayConnect(4, 3));
+  EXPECT_FALSE(router_.MayConnect(3, 5));
+  EXPECT_FALSE(router_.MayConnect(3, 3));
+  EXPECT_FALSE(router_.MayConnect(3, 99));
+  auto again = router_.Register(4, {"x"}, b_loop_.get(), &b_);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, EEXIST);
+  EXPECT_FALSE(router_.Register(6, {}, b_loop_.get(), &b_).ok());
+}
+
+TEST_F(SiblingRouterTest, AcceptedConnectBridgesBothEnds) {
+  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  auto r = Connect(4);
+  ASSERT_TRUE(r.ok()) << r.error().ToString();
+  EXPECT_EQ(b_.last_peer_cid, 3u);
+  EXPECT_EQ(b_.last_peer_port, 1000u);
+  EXPECT_EQ(b_.last_guest_port, 2000u);
+  ASSERT_TRUE(b_.stream_fd.valid());
+  ASSERT_EQ(::write(r->fd.get(), "ping", 4), 4);
+  char buf[8] = {};
+  for (int i = 0; i < 1000; ++i) {
+    ssize_t n = ::recv(b_.stream_fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 4) break;
+    usleep(1000);
+  }
+  EXPECT_EQ(std::string(buf, 4), "ping");
+  EXPECT_EQ(router_.routed(), 1u);
+}
+
+TEST_F(SiblingRouterTest, RefusalsFailTheConnect) {
+  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  ASSERT_TRUE(router_.Register(5, {"b"}, b_loop_.get(), &b_).ok());
+  auto other_group = Connect(5);
+  ASSERT_FALSE(other_group.ok());
+  EXPECT_EQ(other_group.error().code, ECONNREFUSED);
+  auto unknown = Connect(77);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ECONNREFUSED);
+  EXPECT_EQ(router_.refused(), 2u);
+  b_.accept = false;  // the target guest answers RST
+  auto rst = Connect(4);
+  ASSERT_FALSE(rst.ok());
+  EXPECT_EQ(rst.error().code, ECONNREFUSED);
+}
+
+TEST_F(SiblingRouterTest, CancelledConnectNeverCallsBack) {
+  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  bool called = false;
+  vsock::ConnectionInfo info{3, 1000, 4, 2000};
+  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(50),
+                            [&](Result<vsock::HostStream>) { called = true; });
+  op.reset();
+  for (int i = 0; i < 20; ++i) a_loop_->RunOnce(10);
+  EXPECT_FALSE(called);
+}
+
+}  // namespace
+}  // namespace vsockd::host
