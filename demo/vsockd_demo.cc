@@ -31,21 +31,11 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::Daemon;
+using testing::PathExists;
+using testing::ReadFile;
 using testing::Subprocess;
 using testing::TempDir;
 using vmtest::Vm;
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::lstat(path.c_str(), &st) == 0;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 void Step(const std::string& what) { std::printf("\n==> %s\n", what.c_str()); }
 
@@ -104,7 +94,7 @@ int Demo(const Args& args) {
     if (auto st = server.Start(argv, dir.File("server.log")); !st.ok()) {
       return Fail(st.error().ToString());
     }
-    if (!testing::WaitFor([&] { return Exists(run_dir + "/host_9999"); }, 30s)) {
+    if (!testing::WaitFor([&] { return PathExists(run_dir + "/host_9999"); }, 30s)) {
       return Fail("the host server did not listen:\n" + server.Log());
     }
     auto r = vm->Run("python3 /seed/vsock_client.py", 120s);
@@ -177,7 +167,7 @@ int Demo(const Args& args) {
         !st.ok()) {
       return Fail(st.error().ToString());
     }
-    if (!testing::WaitFor([&] { return Exists(daemon.uds_path() + "_5201"); }, 30s)) {
+    if (!testing::WaitFor([&] { return PathExists(daemon.uds_path() + "_5201"); }, 30s)) {
       return Fail("vsockperf server did not listen:\n" + server.Log());
     }
     const std::string secs = std::to_string(args.perf_seconds);

@@ -9,7 +9,8 @@
 #   --agent FILE    the guest's /agent (default: guest/rootfs/agent)
 #
 # Nothing is installed on the build machine: the kernel (linux-image-amd64's current
-# package) and busybox-static are fetched with `apt-get download` and unpacked with dpkg-deb.
+# package), busybox-static and linux-source-X.Y (the kernel's vsock_test, built here with gcc)
+# are fetched with `apt-get download` and unpacked with dpkg-deb.
 # Downloads and extractions are cached in .cache/guest/ (git-ignored), keyed by package name
 # and version, so a rerun costs a few seconds. Python (Debian's /usr/bin/python3.11) and socat
 # come from the build machine, with the shared libraries ldd names.
@@ -87,13 +88,14 @@ candidate() {  # PKG -> prints apt's candidate version (empty when unknown)
   apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { if ($2 != "(none)") print $2 }'
 }
 
-# fetch_deb PKG: sets DEB (cached .deb path) and DEB_VERSION; returns 1 if the download fails
-# (stale lists: the version was superseded).
+# fetch_deb PKG [ARCH]: sets DEB (cached .deb path) and DEB_VERSION; returns 1 if the
+# download fails (stale lists: the version was superseded). ARCH (default amd64) only names
+# the cached file ("all" for architecture-independent packages such as linux-source-X.Y).
 fetch_deb() {
-  local pkg="$1" tmp
+  local pkg="$1" arch="${2:-amd64}" tmp
   DEB_VERSION=$(candidate "$pkg")
   [[ -n "$DEB_VERSION" ]] || return 1
-  DEB="$cache/debs/${pkg}_${DEB_VERSION//:/%3a}_amd64.deb"
+  DEB="$cache/debs/${pkg}_${DEB_VERSION//:/%3a}_${arch}.deb"
   if [[ -s "$DEB" ]]; then
     step "cached: $pkg $DEB_VERSION"
     return 0
@@ -113,12 +115,13 @@ kernel_package() {  # prints the package linux-image-amd64 currently depends on
     awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
 }
 
-# fetch PKG-OR-FUNCTION: package name, or "kernel" for linux-image-amd64's current kernel.
+# fetch PKG-OR-FUNCTION [ARCH]: package name, or "kernel" for linux-image-amd64's current
+# kernel.
 fetch() {
-  local what="$1" pkg attempt
+  local what="$1" arch="${2:-amd64}" pkg attempt
   for attempt in 1 2; do
     if [[ "$what" == kernel ]]; then pkg=$(kernel_package); else pkg="$what"; fi
-    if [[ -n "$pkg" ]] && fetch_deb "$pkg"; then
+    if [[ -n "$pkg" ]] && fetch_deb "$pkg" "$arch"; then
       PKG="$pkg"
       return 0
     fi
@@ -136,23 +139,34 @@ lists_key() {
   { ls -l --time-style=+%s /var/lib/apt/lists/ /etc/apt/sources.list.d/ 2>/dev/null
     cat /etc/apt/sources.list 2>/dev/null || true; } | sha256sum | cut -c1-16
 }
+# linux-source-X.Y of the kernel's X.Y series carries the kernel's own vsock test suite
+# (tools/testing/vsock); ~139 MB, downloaded once and cached like the kernel.
+source_package() {  # KERNEL-VERSION (6.1.192-2) -> linux-source-6.1
+  echo "linux-source-$(sed -E 's/^([0-9]+\.[0-9]+).*/\1/' <<<"$1")"
+}
 resolved="$cache/debs/resolved-$(lists_key).txt"
-KPKG="" KVER="" BBVER=""
+KPKG="" KVER="" BBVER="" LSVER=""
 if [[ -f "$resolved" ]]; then
-  read -r KPKG KVER BBVER <"$resolved" || true
+  read -r KPKG KVER BBVER LSVER <"$resolved" || true
   KDEB="$cache/debs/${KPKG}_${KVER//:/%3a}_amd64.deb"
   BBDEB="$cache/debs/busybox-static_${BBVER//:/%3a}_amd64.deb"
+  LSPKG=$(source_package "$KVER")
+  LSDEB="$cache/debs/${LSPKG}_${LSVER//:/%3a}_all.deb"
 fi
-if [[ -n "$KPKG" && -n "$BBVER" && -s "$KDEB" && -s "$BBDEB" ]]; then
-  step "cached: $KPKG $KVER, busybox-static $BBVER (apt's lists unchanged)"
+if [[ -n "$KPKG" && -n "$BBVER" && -n "$LSVER" && -s "$KDEB" && -s "$BBDEB" && -s "$LSDEB" ]]
+then
+  step "cached: $KPKG $KVER, busybox-static $BBVER, $LSPKG $LSVER (apt's lists unchanged)"
 else
   step "resolving the kernel package (apt-cache depends linux-image-amd64)"
   fetch kernel
   KPKG="$PKG" KVER="$DEB_VERSION" KDEB="$DEB"
   fetch busybox-static
   BBVER="$DEB_VERSION" BBDEB="$DEB"
+  LSPKG=$(source_package "$KVER")
+  fetch "$LSPKG" all
+  LSVER="$DEB_VERSION" LSDEB="$DEB"
   rm -f "$cache"/debs/resolved-*.txt
-  echo "$KPKG $KVER $BBVER" >"$cache/debs/resolved-$(lists_key).txt"
+  echo "$KPKG $KVER $BBVER $LSVER" >"$cache/debs/resolved-$(lists_key).txt"
 fi
 
 # --- kernel: vmlinux + modules (cached per package version) ------------------------------
@@ -186,6 +200,42 @@ if [[ ! -f "$bbdir/.complete" ]]; then
   touch "$bbdir/.complete"
 fi
 BB="$bbdir/bin/busybox"
+
+# --- the kernel's vsock test suite: vsock_test, static (cached per source version) -------
+# Only tools/testing/vsock and tools/include (its <linux/kernel.h>) leave the source tarball,
+# streamed (nothing of the ~140 MB tarball is written). The program list comes from the
+# suite's own Makefile (the "vsock_test:" rule), so another kernel series builds too. It
+# runs only inside the guest (never on the build machine: it opens AF_VSOCK sockets).
+vtdir="$cache/vsock-test/${LSPKG}_${LSVER//:/%3a}"
+if [[ ! -f "$vtdir/.complete" ]]; then
+  command -v gcc >/dev/null || die "'gcc' not found on PATH (needed to build vsock_test)"
+  step "extracting tools/testing/vsock from $LSPKG $LSVER"
+  rm -rf "$vtdir"
+  mkdir -p "$vtdir/src"
+  dpkg-deb --fsys-tarfile "$LSDEB" | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' |
+    tar -xJ -C "$vtdir/src" --strip-components=1 --wildcards \
+      '*/tools/testing/vsock/*' '*/tools/include/*' ||
+    die "extracting tools/testing/vsock from $LSDEB failed (did the package layout change?)"
+  vtsrc="$vtdir/src/tools/testing/vsock"
+  mapfile -t vtfiles < <(awk -F: '/^vsock_test:/ { n = split($2, o, " ");
+                                   for (i = 1; i <= n; i++) { sub(/\.o$/, ".c", o[i]); print o[i] } }' \
+                           "$vtsrc/Makefile")
+  [[ ${#vtfiles[@]} -gt 0 ]] || die "no vsock_test rule in $vtsrc/Makefile"
+  step "building vsock_test (${vtfiles[*]})"
+  # The Makefile's include paths (tools/include, then the uapi headers: the build machine's
+  # linux-libc-dev instead of a headers_install tree). glibc's notice about getaddrinfo in
+  # static programs is expected.
+  if ! (cd "$vtsrc" && gcc -static -O2 -Wall -I. -I../../include -D_GNU_SOURCE \
+          -o "$vtdir/vsock_test" "${vtfiles[@]}" 2>&1) |
+       { grep -v -e 'in statically linked applications requires at runtime' \
+                 -e "ld: .*: in function \`" || true; } ||
+     [[ ! -x "$vtdir/vsock_test" ]]; then
+    die "building vsock_test from $vtsrc failed"
+  fi
+  touch "$vtdir/.complete"
+else
+  step "cached: vsock_test from $LSPKG $LSVER"
+fi
 
 # --- rootfs --------------------------------------------------------------------------------
 root="$out/rootfs"
@@ -292,6 +342,8 @@ while read -r prog; do
   binlist+=("$name")
 done <"$programs"
 [[ ${#binlist[@]} -gt 0 ]] || die "no guest programs listed in $programs"
+[[ -e "$root/bin/vsock_test" ]] && die "guest program vsock_test clashes with the kernel's"
+strip --strip-all -o "$root/bin/vsock_test" "$vtdir/vsock_test"
 
 # --- image -------------------------------------------------------------------------------
 img="$out/image"
@@ -317,6 +369,7 @@ mv "$img/initrd.cpio.gz.tmp" "$img/initrd.cpio.gz"
   echo "socat: $("$SOCAT" -V 2>/dev/null | awk '/socat version/ { print $3; exit }')"
   echo "modules: ${KERNEL_MODULES[*]}"
   echo "programs: ${binlist[*]}"
+  echo "vsock_test: $LSPKG $LSVER (tools/testing/vsock, static)"
   echo "bin: $(find "$root/bin" -mindepth 1 -printf "%f\n" | LC_ALL=C sort | paste -sd " ")"
   echo "vmlinux: $(stat -c %s "$img/vmlinux") bytes"
   echo "initrd.cpio.gz: $(stat -c %s "$img/initrd.cpio.gz") bytes"

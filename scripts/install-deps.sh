@@ -4,13 +4,14 @@
 #   --test   adds QEMU, clang and what the test guest needs, for the tests/fuzzers
 #   --guest  adds what scripts/build-guest.sh and the demo need: QEMU to boot the guest,
 #            Debian's python3.11 (copied into the guest; python3 also runs the seed's host
-#            program in the demo), socat. The guest's kernel and busybox are
+#            program in the demo), socat; gcc and xz-utils build the kernel's vsock_test
+#            from linux-source-X.Y. The guest's kernel, busybox and the kernel source are
 #            downloaded with `apt-get download`, never installed.
 set -euo pipefail
 
 pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat
       nlohmann-json3-dev libyaml-cpp-dev)
-guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip)
+guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip gcc libc6-dev xz-utils)
 for arg in "$@"; do
   case "$arg" in
     --test) pkgs+=(clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3

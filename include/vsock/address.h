@@ -54,6 +54,10 @@ inline constexpr uint32_t cid_host = 2;
 inline constexpr uint32_t cid_any = 0xFFFFFFFFu;   // VMADDR_CID_ANY
 inline constexpr uint32_t port_any = 0xFFFFFFFFu;  // VMADDR_PORT_ANY
 
+// The socket type: a byte stream (SOCK_STREAM) or whole messages (SOCK_SEQPACKET, see
+// vsock/seqpacket.h).
+enum class SocketType { stream, seqpacket };
+
 class VSOCK_API Address {
  public:
   enum class Kind { vsock, hybrid, unix_socket };
@@ -93,6 +97,16 @@ class VSOCK_API Address {
   // Hybrid only: the Unix socket vsockd connects to when a guest connects to host port
   // port(), "PATH_PORT". That is what listen(hvsock://PATH:PORT) listens on.
   std::string hybrid_listen_path() const;
+  // The same for SEQPACKET (vsockd's convention, see vsock/seqpacket.h):
+  // "PATH_PORT.seqpacket" is where guests' SEQPACKET connects to host port PORT arrive, and
+  // "PATH.seqpacket" is vsockd's SEQPACKET socket for host -> guest connects.
+  std::string hybrid_listen_path(SocketType type) const {
+    return type == SocketType::seqpacket && is_hybrid() ? hybrid_listen_path() + ".seqpacket"
+                                                        : hybrid_listen_path();
+  }
+  std::string hybrid_connect_path(SocketType type) const {
+    return type == SocketType::seqpacket && is_hybrid() ? path_ + ".seqpacket" : path_;
+  }
 
   // The socket address a connect() (or, for vsock and unix, a bind()) uses: a sockaddr_vm
   // for vsock, a sockaddr_un of path() for hybrid and unix (a leading '@' in the path names

@@ -17,6 +17,10 @@
 // connecting to it: that listener sees one connection that closes at once). The socket
 // file is removed again when the Listener closes, unless it was replaced meanwhile.
 //
+// SocketType::seqpacket (vsock/seqpacket.h): an AF_VSOCK / AF_UNIX SOCK_SEQPACKET listener;
+// hybrid listens on "PATH_PORT.seqpacket" (vsockd's SEQPACKET convention); accept with
+// accept_seqpacket().
+//
 // Threading: owned by one thread at a time.
 #pragma once
 
@@ -27,6 +31,7 @@
 
 #include "vsock/address.h"
 #include "vsock/config.h"
+#include "vsock/seqpacket.h"
 #include "vsock/stream.h"
 
 namespace vsock {
@@ -55,12 +60,19 @@ class VSOCK_API Listener {
   Stream accept(std::error_code& ec);
   // Waits at most `timeout` (poll) for a connection: std::errc::timed_out if none came.
   Stream accept(std::chrono::milliseconds timeout, std::error_code& ec);
+  // For a SocketType::seqpacket Listener: the same, as a SeqpacketSocket.
+  SeqpacketSocket accept_seqpacket(std::error_code& ec) { return SeqpacketSocket(accept(ec)); }
+  SeqpacketSocket accept_seqpacket(std::chrono::milliseconds timeout, std::error_code& ec) {
+    return SeqpacketSocket(accept(timeout, ec));
+  }
+  SocketType type() const { return type_; }
   void set_nonblocking(bool on, std::error_code& ec);
 
  private:
-  friend VSOCK_API Listener listen(const Address&, std::error_code&, int);
+  friend VSOCK_API Listener listen(const Address&, SocketType, std::error_code&, int);
   int fd_ = -1;
   bool nonblocking_ = false;
+  SocketType type_ = SocketType::stream;
   Address local_;
   std::string unlink_path_;     // the socket file we created, removed on close
   uint64_t dev_ = 0, ino_ = 0;  // its identity, so close() never removes someone else's
@@ -69,6 +81,10 @@ class VSOCK_API Listener {
 // Listens on `address` (see above) with the given backlog. A closed Listener and `ec` set
 // on failure: errc::invalid_address for an address that cannot be listened on (a hybrid
 // port `any`), else the syscall's error.
-VSOCK_API Listener listen(const Address& address, std::error_code& ec, int backlog = 128);
+VSOCK_API Listener listen(const Address& address, SocketType type, std::error_code& ec,
+                          int backlog = 128);
+inline Listener listen(const Address& address, std::error_code& ec, int backlog = 128) {
+  return listen(address, SocketType::stream, ec, backlog);
+}
 
 }  // namespace vsock

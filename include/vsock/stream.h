@@ -140,6 +140,12 @@ class VSOCK_API Connector {
   // (the kernel gives up after 2 s by default, even for a non-blocking connect).
   void start(const Address& address, std::error_code& ec,
              std::chrono::milliseconds vsock_connect_timeout = std::chrono::milliseconds(0));
+  // The same for either socket type. SocketType::seqpacket: a SOCK_SEQPACKET socket; hybrid
+  // goes to "PATH.seqpacket" and the CONNECT / OK handshake is one message each way (see
+  // vsock/seqpacket.h). take_stream() then holds the SEQPACKET fd: wrap it with
+  // vsock::SeqpacketSocket(c.take_stream()).
+  void start(const Address& address, SocketType type, std::error_code& ec,
+             std::chrono::milliseconds vsock_connect_timeout = std::chrono::milliseconds(0));
   // Advances once the fd is ready (a spurious call is harmless). On failure `ec` is set,
   // the attempt is over and reason() explains it.
   void step(std::error_code& ec);

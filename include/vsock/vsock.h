@@ -40,6 +40,7 @@
 //   }
 //
 // Non-blocking connect in your own poll/epoll loop: vsock::Connector (vsock/stream.h).
+// Whole messages (SOCK_SEQPACKET) instead of a byte stream: vsock/seqpacket.h.
 //
 // Threading: objects are owned by one thread at a time; there is no global state besides
 // the error category.
@@ -49,4 +50,5 @@
 #include "vsock/config.h"
 #include "vsock/error.h"
 #include "vsock/listener.h"
+#include "vsock/seqpacket.h"
 #include "vsock/stream.h"

@@ -74,6 +74,7 @@ class Vm {
     host_options.uds_path = options_.uds_path;
     host_options.ok_reply = options_.ok_reply;
     host_options.host_connect_timeout = options_.connect_timeout;
+    host_options.seqpacket = options_.seqpacket;
     if (!options_.run_dir.empty()) {
       std::error_code ec;
       std::filesystem::create_directories(options_.run_dir, ec);
@@ -94,6 +95,7 @@ class Vm {
     device_options.guest_cid = options_.guest_cid;
     device_options.buf_alloc = options_.tx_buffer_size;
     device_options.connect_timeout = options_.connect_timeout;
+    device_options.offer_seqpacket = options_.seqpacket;
     device_ = std::make_unique<vsock::Device>(loop_, routing_.get(), device_options);
     connector_->set_device(device_.get());
 

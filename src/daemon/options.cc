@@ -380,6 +380,7 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   std::string cid_text = "3";
   std::string ok_reply = "host-port";
   std::string log_level = "info";
+  bool no_seqpacket = false;
   std::string groups_text = "default";
   std::string config_path;
   std::vector<std::string> vm_specs;
@@ -432,6 +433,8 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
       ->type_name("MS")
       ->default_val(connect_timeout_ms)
       ->check(CLI::Range(uint32_t{1}, kMaxConnectTimeoutMs).description(""));
+  app.add_flag("--no-seqpacket", no_seqpacket,
+               "do not offer SOCK_SEQPACKET to the guests (VIRTIO_VSOCK_F_SEQPACKET)");
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->type_name("LEVEL")
       ->default_str("info")
@@ -466,6 +469,7 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   }
   o.ok_reply = ok_reply == "guest-port" ? host::OkReply::kGuestPort : host::OkReply::kHostPort;
   o.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
+  o.seqpacket = !no_seqpacket;  // before the VmOptions part becomes every VM's defaults
   if (!ParseLogLevel(log_level, &o.log_level)) {
     return fail(fmt::format("unknown log level '{}'", log_level));
   }

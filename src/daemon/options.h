@@ -46,6 +46,10 @@ struct VmOptions {
   // Sibling groups: VMs of this daemon that share a group reach each other by CID (guest <->
   // guest), as vhost-device-vsock's --groups (default: every VM in "default").
   std::vector<std::string> groups{"default"};
+  // Offer SOCK_SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET) and listen on the ".seqpacket" host
+  // sockets. --no-seqpacket turns it off for every VM (a guest then sees a device without
+  // the feature, as with vhost-device-vsock builds that predate it).
+  bool seqpacket = true;
 };
 
 // The whole daemon. Its VmOptions part is the single-VM form (--socket, --guest-cid, ...)

@@ -48,6 +48,29 @@ TEST(DaemonOptionsTest, AllFlags) {
   EXPECT_EQ(out.options.log_level, LogLevel::kDebug);
 }
 
+TEST(DaemonOptionsTest, NoSeqpacketAppliesToEveryVm) {
+  ParseOutcome on = ParseWithRequired({});
+  ASSERT_TRUE(on.run) << on.output;
+  EXPECT_TRUE(on.options.seqpacket);
+  for (const auto& vm : on.options.vms) EXPECT_TRUE(vm.seqpacket);
+  ParseOutcome off = ParseWithRequired({"--no-seqpacket"});
+  ASSERT_TRUE(off.run) << off.output;
+  EXPECT_FALSE(off.options.seqpacket);
+  ASSERT_FALSE(off.options.vms.empty());
+  for (const auto& vm : off.options.vms) EXPECT_FALSE(vm.seqpacket);
+  // With --vm, every VM inherits it.
+  ParseOutcome multi = Parse({"--no-seqpacket", "--vm", "guest-cid=3,socket=/s3,uds-path=/u3",
+                              "--vm", "guest-cid=4,socket=/s4,uds-path=/u4"});
+  ASSERT_TRUE(multi.run) << multi.output;
+  ASSERT_EQ(multi.options.vms.size(), 2u);
+  EXPECT_FALSE(multi.options.vms[0].seqpacket);
+  EXPECT_FALSE(multi.options.vms[1].seqpacket);
+  // It is a flag: no value.
+  ParseOutcome bad = ParseWithRequired({"--no-seqpacket=maybe"});
+  EXPECT_FALSE(bad.run);
+  EXPECT_EQ(bad.exit_code, 2);
+}
+
 TEST(DaemonOptionsTest, EqualsSyntax) {
   ParseOutcome out = Parse({"--socket=/a", "--uds-path=/b", "--guest-cid=7"});
   ASSERT_TRUE(out.run) << out.output;
@@ -136,7 +159,7 @@ TEST(DaemonOptionsTest, RunDirReplacesUdsPath) {
   EXPECT_FALSE(out.run);
   EXPECT_EQ(out.exit_code, 2);
   EXPECT_NE(out.output.find("--run-dir"), std::string::npos) << out.output;
-  out = Parse({"--uds-path", "/u", "--run-dir", "/r"});
+  out = Parse({"--run-dir", "/r", "--uds-path", "/u"});
   EXPECT_FALSE(out.run);
   EXPECT_NE(out.output.find("--socket"), std::string::npos) << out.output;
 }

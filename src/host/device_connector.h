@@ -30,9 +30,14 @@ class DeviceGuestConnector : public GuestConnector, public SiblingConnector {
   }
 
   Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
-                                      Done done) override {
+                                      uint16_t type, Done done) override {
     if (device_ == nullptr) return MakeError(ENODEV, "no vsock device");
-    return device_->ConnectToGuestFrom(peer_cid, peer_port, guest_port, std::move(done));
+    return device_->ConnectToGuestFrom(peer_cid, peer_port, guest_port, std::move(done), type);
+  }
+
+  Result<uint64_t> ConnectToGuestOfType(uint32_t guest_port, uint16_t type, Done done) override {
+    if (device_ == nullptr) return MakeError(ENODEV, "no vsock device");
+    return device_->ConnectToGuest(guest_port, std::move(done), type);
   }
 
   void CancelConnectToGuest(uint64_t id) override {

@@ -29,6 +29,7 @@ struct OpState {
   EventLoop* loop = nullptr;
   vsock::HostBackend::ConnectDone done;
   Fd fd;  // our end of the socketpair, handed to the device on success
+  bool seqpacket = false;
   EventLoop::TimerId timer = 0;
 
   void Finish(Status result) {
@@ -40,7 +41,8 @@ struct OpState {
     auto d = std::move(done);
     done = nullptr;
     if (result.ok()) {
-      d(vsock::HostStream{std::move(fd), {}});
+      // Device to device: each SEQPACKET record carries its message's flags (EOR).
+      d(vsock::HostStream{std::move(fd), {}, /*message_flags=*/seqpacket});
     } else {
       fd.Reset();
       d(result.take_error());
@@ -141,7 +143,9 @@ std::unique_ptr<vsock::PendingConnect> SiblingRouter::Connect(
   auto op = std::make_unique<SiblingConnectOp>(state, cancelled);
 
   std::shared_ptr<Vm> target;
-  bool allowed = MayConnect(info.guest_cid, info.host_cid);
+  const bool seqpacket = info.type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET;
+  bool allowed = (seqpacket || info.type == vsock::VIRTIO_VSOCK_TYPE_STREAM) &&
+                 MayConnect(info.guest_cid, info.host_cid);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (allowed) target = Find(info.host_cid);
@@ -162,14 +166,20 @@ std::unique_ptr<vsock::PendingConnect> SiblingRouter::Connect(
     return op;
   }
 
+  // The bridge has the connection's type: a SEQPACKET socketpair keeps each message one
+  // record from A's device to B's (both devices insist on SOCK_SEQPACKET for such a
+  // connection, device.cc "SEQPACKET").
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
+  if (::socketpair(AF_UNIX,
+                   (seqpacket ? SOCK_SEQPACKET : SOCK_STREAM) | SOCK_CLOEXEC | SOCK_NONBLOCK, 0,
+                   sv) != 0) {
     Error e = ErrnoError("socketpair for sibling connect");
     LOG_WARN("sibling: {}", e.ToString());
     FinishLater(state, std::chrono::milliseconds(0), std::move(e));
     return op;
   }
   state->fd = Fd(sv[0]);
+  state->seqpacket = seqpacket;
   auto theirs = std::make_shared<Fd>(sv[1]);
   // The caller's own bound: normally the target's connect timeout answers first.
   FinishLater(state, timeout,
@@ -185,22 +195,25 @@ std::unique_ptr<vsock::PendingConnect> SiblingRouter::Connect(
   const uint64_t peer_cid = info.guest_cid;
   const uint32_t peer_port = info.guest_port;
   const uint32_t guest_port = info.host_port;
-  target->loop->Post([target, theirs, reply, cancelled, peer_cid, peer_port, guest_port] {
+  const uint16_t type = info.type;
+  target->loop->Post([target, theirs, reply, cancelled, peer_cid, peer_port, guest_port, type] {
     if (cancelled->load()) return;  // the caller gave up; `theirs` closes
     if (target->connector == nullptr) {
       reply(MakeError(ECONNRESET, "CID {} went away", target->cid));
       return;
     }
     auto id = target->connector->ConnectToGuestFrom(
-        peer_cid, peer_port, guest_port,
-        [theirs, reply, cancelled](Result<uint32_t> r) -> std::optional<vsock::HostStream> {
+        peer_cid, peer_port, guest_port, type,
+        [theirs, reply, cancelled, type](Result<uint32_t> r) -> std::optional<vsock::HostStream> {
           if (!r.ok()) {
             reply(r.take_error());
             return std::nullopt;
           }
           if (cancelled->load() || !theirs->valid()) return std::nullopt;  // device resets
           reply(OkStatus());
-          return vsock::HostStream{std::move(*theirs), {}};
+          return vsock::HostStream{std::move(*theirs),
+                                   {},
+                                   /*message_flags=*/type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET};
         });
     if (!id.ok()) reply(id.take_error());
   });

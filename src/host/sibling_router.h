@@ -7,9 +7,13 @@
 // connect only when the target CID is a registered VM sharing at least one group with the
 // caller; otherwise the connect fails (ECONNREFUSED) and the device RSTs the guest.
 //
-// Bridging: an AF_UNIX socketpair. One end stays with the caller's (VM A's) PendingConnect;
-// the other travels to VM B's thread (EventLoop::Post), where B's device is asked, through
-// SiblingConnector::ConnectToGuestFrom, to connect to the wanted guest port with (A's CID,
+// Bridging: an AF_UNIX socketpair (SOCK_STREAM, or SOCK_SEQPACKET for a SEQPACKET connection,
+// so that each device sees the host stream of its type and every message crosses the bridge
+// as one record: guest A's message -> A's one sendmsg -> B's one recvmsg -> guest B's
+// message; the HostStreams have message_flags set, so each record also carries the
+// message's EOR bit, which AF_UNIX cannot). One end stays with the caller's (VM A's)
+// PendingConnect; the other travels to VM B's thread (EventLoop::Post), where B's device is asked,
+// through SiblingConnector::ConnectToGuestFrom, to connect to the wanted guest port with (A's CID,
 // A's port) as the source guest B sees. When B's guest answers RESPONSE, B's device attaches
 // its end and the result is posted back to A's thread, where A's device attaches the other
 // end and sends RESPONSE to guest A. B refusing (RST), not answering (B's connect timeout) or
@@ -48,8 +52,11 @@ namespace vsockd::host {
 class SiblingConnector {
  public:
   virtual ~SiblingConnector() = default;
+  // `type`: vsock::VIRTIO_VSOCK_TYPE_STREAM or _SEQPACKET (the caller's REQUEST type; the
+  // stream `done` returns is a socket of the matching type).
   virtual Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port,
-                                              uint32_t guest_port, GuestConnector::Done done) = 0;
+                                              uint32_t guest_port, uint16_t type,
+                                              GuestConnector::Done done) = 0;
   virtual void CancelConnectToGuest(uint64_t id) = 0;
 };
 
@@ -69,7 +76,9 @@ class SiblingRouter {
   // Whether `from` may reach `to` (both registered, a group in common, not the same VM).
   bool MayConnect(uint64_t from, uint64_t to) const;
 
-  // A guest of VM info.guest_cid connects to VM info.host_cid port info.host_port. Called on
+  // A guest of VM info.guest_cid connects to VM info.host_cid port info.host_port, with the
+  // socket type info.type (STREAM or SEQPACKET; the target device refuses SEQPACKET when its
+  // guest did not negotiate it, and the caller gets RST). Called on
   // the caller VM's loop (`loop`); `done` runs there, once, never inside this call, unless the
   // returned handle is destroyed first. `timeout` bounds the whole connect on the caller's
   // side (the target's own connect timeout normally answers first).

@@ -4,9 +4,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <future>
 #include <optional>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
+
+#include "vsock/packet.h"
 
 namespace vsockd::host {
 namespace {
@@ -15,13 +21,21 @@ namespace {
 class FakeSibling : public SiblingConnector {
  public:
   Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
-                                      GuestConnector::Done done) override {
+                                      uint16_t type, GuestConnector::Done done) override {
     last_peer_cid = peer_cid;
     last_peer_port = peer_port;
     last_guest_port = guest_port;
+    last_type = type;
+    // As vsock::Device when its guest did not negotiate VIRTIO_VSOCK_F_SEQPACKET.
+    if (type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET && !seqpacket) {
+      return MakeError(EPROTONOSUPPORT, "seqpacket not negotiated");
+    }
     if (accept) {
       auto stream = done(peer_port);
       if (stream) stream_fd = std::move(stream->fd);
+      // Set after stream_fd: `done` already posted the result to the caller's loop, so a
+      // test that reads stream_fd waits for this first (WaitStored).
+      stored = true;
     } else {
       done(MakeError(ECONNREFUSED, "refused"));
     }
@@ -30,10 +44,18 @@ class FakeSibling : public SiblingConnector {
   void CancelConnectToGuest(uint64_t) override {}
 
   bool accept = true;
+  bool seqpacket = true;
+  uint16_t last_type = 0xffff;
   uint64_t last_peer_cid = 0;
   uint32_t last_peer_port = 0;
   uint32_t last_guest_port = 0;
   Fd stream_fd;
+  std::atomic<bool> stored{false};
+
+  bool WaitStored() {
+    for (int i = 0; i < 2000 && !stored.load(); ++i) usleep(1000);
+    return stored.load();
+  }
 };
 
 class SiblingRouterTest : public ::testing::Test {
@@ -49,9 +71,9 @@ class SiblingRouterTest : public ::testing::Test {
   }
 
   // Connects from CID 3 port 1000 to CID `to` port 2000 on loop A; runs A until done.
-  Result<vsock::HostStream> Connect(uint64_t to) {
+  Result<vsock::HostStream> Connect(uint64_t to, uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
     std::optional<Result<vsock::HostStream>> result;
-    vsock::ConnectionInfo info{3, 1000, to, 2000};
+    vsock::ConnectionInfo info{3, 1000, to, 2000, type};
     auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
                               [&](Result<vsock::HostStream> r) { result = std::move(r); });
     for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
@@ -88,6 +110,7 @@ TEST_F(SiblingRouterTest, AcceptedConnectBridgesBothEnds) {
   EXPECT_EQ(b_.last_peer_cid, 3u);
   EXPECT_EQ(b_.last_peer_port, 1000u);
   EXPECT_EQ(b_.last_guest_port, 2000u);
+  ASSERT_TRUE(b_.WaitStored());
   ASSERT_TRUE(b_.stream_fd.valid());
   ASSERT_EQ(::write(r->fd.get(), "ping", 4), 4);
   char buf[8] = {};
@@ -98,6 +121,100 @@ TEST_F(SiblingRouterTest, AcceptedConnectBridgesBothEnds) {
   }
   EXPECT_EQ(std::string(buf, 4), "ping");
   EXPECT_EQ(router_.routed(), 1u);
+}
+
+int SocketType(int fd) {
+  int type = -1;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return -1;
+  return type;
+}
+
+// Receives one record from a non-blocking socket, waiting up to ~1 s for it.
+std::string RecvRecord(int fd, int* flags) {
+  std::vector<char> buf(1 << 20);
+  for (int i = 0; i < 1000; ++i) {
+    iovec v{buf.data(), buf.size()};
+    msghdr msg{};
+    msg.msg_iov = &v;
+    msg.msg_iovlen = 1;
+    ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n >= 0) {
+      *flags = msg.msg_flags;
+      return std::string(buf.data(), static_cast<size_t>(n));
+    }
+    usleep(1000);
+  }
+  *flags = -1;
+  return "<nothing>";
+}
+
+TEST_F(SiblingRouterTest, StreamConnectBridgesWithAStreamSocketpair) {
+  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  auto r = Connect(4, vsock::VIRTIO_VSOCK_TYPE_STREAM);
+  ASSERT_TRUE(r.ok()) << r.error().ToString();
+  EXPECT_EQ(b_.last_type, vsock::VIRTIO_VSOCK_TYPE_STREAM);
+  EXPECT_EQ(SocketType(r->fd.get()), SOCK_STREAM);
+  ASSERT_TRUE(b_.WaitStored());
+  EXPECT_EQ(SocketType(b_.stream_fd.get()), SOCK_STREAM);
+}
+
+TEST_F(SiblingRouterTest, SeqpacketConnectKeepsMessageBoundariesBothWays) {
+  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  auto r = Connect(4, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_TRUE(r.ok()) << r.error().ToString();
+  EXPECT_EQ(b_.last_type, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET)
+      << "the target device must be asked for a SEQPACKET connection";
+  EXPECT_EQ(b_.last_peer_cid, 3u);
+  EXPECT_EQ(b_.last_guest_port, 2000u);
+  ASSERT_TRUE(b_.WaitStored());
+  ASSERT_TRUE(b_.stream_fd.valid());
+  ASSERT_EQ(SocketType(r->fd.get()), SOCK_SEQPACKET);
+  ASSERT_EQ(SocketType(b_.stream_fd.get()), SOCK_SEQPACKET);
+  // Messages of different sizes, sent back to back, arrive one record each (a stream
+  // socketpair would merge them), both ways.
+  const std::vector<std::string> msgs = {"a", std::string(4097, 'b'), "ccc",
+                                         std::string(70000, 'd')};
+  for (auto [from, to] :
+       {std::pair{r->fd.get(), b_.stream_fd.get()}, std::pair{b_.stream_fd.get(), r->fd.get()}}) {
+    int sndbuf = 1 << 20;
+    ASSERT_EQ(::setsockopt(from, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf), 0);
+    for (const auto& m : msgs) {
+      ASSERT_EQ(::send(from, m.data(), m.size(), MSG_NOSIGNAL), static_cast<ssize_t>(m.size()));
+    }
+    for (const auto& m : msgs) {
+      int flags = 0;
+      std::string got = RecvRecord(to, &flags);
+      EXPECT_EQ(got.size(), m.size());
+      EXPECT_EQ(got, m);
+      EXPECT_EQ(flags & MSG_TRUNC, 0);
+    }
+  }
+}
+
+TEST_F(SiblingRouterTest, SeqpacketToAGuestWithoutItIsRefused) {
+  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  b_.seqpacket = false;
+  auto r = Connect(4, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, EPROTONOSUPPORT);
+  EXPECT_FALSE(b_.stream_fd.valid());
+  // Streams still go through.
+  auto s = Connect(4, vsock::VIRTIO_VSOCK_TYPE_STREAM);
+  EXPECT_TRUE(s.ok());
+}
+
+TEST_F(SiblingRouterTest, GroupsApplyToSeqpacketToo) {
+  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(5, {"b"}, b_loop_.get(), &b_).ok());
+  auto r = Connect(5, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ECONNREFUSED);
+  EXPECT_EQ(b_.last_type, 0xffff) << "a refused connect never reaches the target";
+  EXPECT_EQ(router_.refused(), 1u);
 }
 
 TEST_F(SiblingRouterTest, RefusalsFailTheConnect) {

@@ -36,11 +36,11 @@ constexpr size_t kMaxDrainBytes = 64 * 1024;
 
 // A non-blocking AF_UNIX stream connect to `path`, our end first bound to the abstract name
 // `caller` (when not empty). A taken name is not an error: we then connect unbound.
-Result<Fd> ConnectAsCaller(const std::string& path, const std::string& caller) {
+Result<Fd> ConnectAsCaller(const std::string& path, const std::string& caller, int type) {
   sockaddr_un addr;
   auto len = MakeUnixAddress(path, &addr);
   if (!len.ok()) return len.take_error();
-  Fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  Fd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return ErrnoError("socket(AF_UNIX)");
   if (!caller.empty()) {
     sockaddr_un local{};
@@ -68,11 +68,13 @@ Result<Fd> ConnectAsCaller(const std::string& path, const std::string& caller) {
 class HostConnectOp : public vsock::PendingConnect {
  public:
   HostConnectOp(EventLoop* loop, std::vector<std::string> paths, std::string caller, uint32_t port,
-                EventLoop::Clock::time_point deadline, vsock::HostBackend::ConnectDone done)
+                int type, EventLoop::Clock::time_point deadline,
+                vsock::HostBackend::ConnectDone done)
       : loop_(loop),
         paths_(std::move(paths)),
         caller_(std::move(caller)),
         port_(port),
+        type_(type),
         deadline_(deadline),
         done_(std::move(done)) {}
 
@@ -93,11 +95,11 @@ class HostConnectOp : public vsock::PendingConnect {
       Finish(MakeError(ENOENT, "host port {}: no host socket path configured", port_));
       return;
     }
-    auto fd = ConnectAsCaller(paths_[index_], caller_);
+    auto fd = ConnectAsCaller(paths_[index_], caller_, type_);
     // The next candidate only when this one does not exist at all.
     while (!fd.ok() && fd.error().code == ENOENT && index_ + 1 < paths_.size()) {
       ++index_;
-      fd = ConnectAsCaller(paths_[index_], caller_);
+      fd = ConnectAsCaller(paths_[index_], caller_, type_);
     }
     if (fd.ok()) {
       Finish(vsock::HostStream{std::move(*fd), {}});
@@ -131,6 +133,7 @@ class HostConnectOp : public vsock::PendingConnect {
   size_t index_ = 0;  // the candidate being tried
   std::string caller_;
   uint32_t port_;
+  int type_;  // SOCK_STREAM or SOCK_SEQPACKET
   EventLoop::Clock::time_point deadline_;
   vsock::HostBackend::ConnectDone done_;
   EventLoop::TimerId timer_ = 0;
@@ -171,6 +174,7 @@ struct UnixBackend::Client {
   enum class Phase { kReadingCommand, kWaitingGuest };
 
   Fd fd;
+  bool seqpacket = false;  // accepted on a ".seqpacket" listener
   Phase phase = Phase::kReadingCommand;
   ConnectCommandReader reader;
   EventLoop::TimerId timer = 0;
@@ -194,17 +198,38 @@ UnixBackend::UnixBackend(EventLoop* loop, GuestConnector* connector, UnixBackend
 
 UnixBackend::~UnixBackend() { Shutdown(); }
 
-std::string UnixBackend::HostPortPath(uint32_t port) const {
-  std::vector<std::string> paths = HostPortPaths(port);
+Result<uint64_t> GuestConnector::ConnectToGuestOfType(uint32_t guest_port, uint16_t type,
+                                                      Done done) {
+  if (type != vsock::VIRTIO_VSOCK_TYPE_STREAM) {
+    return MakeError(EPROTONOSUPPORT, "socket type {} not supported", type);
+  }
+  return ConnectToGuest(guest_port, std::move(done));
+}
+
+std::string UnixBackend::HostPortPath(uint32_t port, uint16_t type) const {
+  std::vector<std::string> paths = HostPortPaths(port, type);
   return paths.empty() ? std::string() : paths.front();
 }
 
-std::vector<std::string> UnixBackend::HostPortPaths(uint32_t port) const {
+std::vector<std::string> UnixBackend::HostPortPaths(uint32_t port, uint16_t type) const {
   std::vector<std::string> paths;
-  if (!options_.uds_path.empty()) paths.push_back(fmt::format("{}_{}", options_.uds_path, port));
-  for (const auto& prefix : options_.host_path_prefixes) {
-    paths.push_back(fmt::format("{}{}", prefix, port));
+  if (type != vsock::VIRTIO_VSOCK_TYPE_STREAM &&
+      (type != vsock::VIRTIO_VSOCK_TYPE_SEQPACKET || !options_.seqpacket)) {
+    return paths;
   }
+  const char* suffix = type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET ? ".seqpacket" : "";
+  if (!options_.uds_path.empty()) {
+    paths.push_back(fmt::format("{}_{}{}", options_.uds_path, port, suffix));
+  }
+  for (const auto& prefix : options_.host_path_prefixes) {
+    paths.push_back(fmt::format("{}{}{}", prefix, port, suffix));
+  }
+  return paths;
+}
+
+std::vector<std::string> UnixBackend::ListenPaths() const {
+  std::vector<std::string> paths;
+  for (const auto& l : listeners_) paths.push_back(l->path);
   return paths;
 }
 
@@ -217,14 +242,22 @@ Status UnixBackend::Start() {
   std::vector<std::string> paths;
   if (!options_.uds_path.empty()) paths.push_back(options_.uds_path);
   paths.insert(paths.end(), options_.listen_paths.begin(), options_.listen_paths.end());
-  for (const auto& path : paths) {
-    auto fd = ListenUnix(path, options_.listen_backlog, /*nonblocking=*/true);
+  const size_t stream_count = paths.size();
+  if (options_.seqpacket) {
+    for (size_t i = 0; i < stream_count; ++i) paths.push_back(paths[i] + ".seqpacket");
+  }
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const std::string& path = paths[i];
+    const bool seqpacket = i >= stream_count;
+    auto fd = ListenUnix(path, options_.listen_backlog, /*nonblocking=*/true,
+                         seqpacket ? SOCK_SEQPACKET : SOCK_STREAM);
     if (!fd.ok()) {
       Shutdown();
       return MakeError(fd.error().code, "{}", fd.error().ToString());
     }
     auto listener = std::make_unique<Listener>();
     listener->path = path;
+    listener->seqpacket = seqpacket;
     listener->has_identity = FileIdentity(path, &listener->dev, &listener->ino);
     Listener* l = listener.get();
     if (Status added = loop_->Add(fd->get(), EPOLLIN, [this, l](uint32_t) { OnListenReadable(l); });
@@ -267,8 +300,9 @@ void UnixBackend::Shutdown() {
 std::unique_ptr<vsock::PendingConnect> UnixBackend::ConnectToHost(const vsock::ConnectionInfo& info,
                                                                   ConnectDone done) {
   auto op = std::make_unique<HostConnectOp>(
-      loop_, HostPortPaths(info.host_port),
+      loop_, HostPortPaths(info.host_port, info.type),
       options_.bind_caller_name ? CallerNameFor(info) : std::string(), info.host_port,
+      info.type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET ? SOCK_SEQPACKET : SOCK_STREAM,
       EventLoop::Clock::now() + options_.host_connect_timeout, std::move(done));
   op->Schedule(milliseconds(0));
   return op;
@@ -302,6 +336,7 @@ void UnixBackend::OnListenReadable(Listener* listener) {
     }
     uint64_t id = next_client_id_++;
     auto client = std::make_unique<Client>(std::move(fd), options_.max_command_line);
+    client->seqpacket = listener->seqpacket;
     Status added =
         loop_->Add(raw, EPOLLIN, [this, id](uint32_t events) { OnClientEvent(id, events); });
     if (!added.ok()) {
@@ -327,6 +362,36 @@ void UnixBackend::OnClientEvent(uint64_t id, uint32_t events) {
     return;
   }
   char buf[kCommandReadChunk];
+  if (client.seqpacket) {
+    // One message, exactly the command line: message boundaries are the protocol here.
+    ssize_t n;
+    do {
+      n = ::recv(client.fd.get(), buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      DropClient(id);
+      return;
+    }
+    if (n == 0) {
+      FailClient(id, "end of stream before a 'CONNECT <port>' message");
+      return;
+    }
+    if (static_cast<size_t>(n) > sizeof buf || static_cast<size_t>(n) > options_.max_command_line) {
+      FailClient(id, "first message is longer than a 'CONNECT <port>' line");
+      return;
+    }
+    auto state = client.reader.Append(std::string_view(buf, static_cast<size_t>(n)));
+    if (state == ConnectCommandReader::State::kError) {
+      std::string reason = client.reader.error();
+      FailClient(id, reason);
+    } else if (state != ConnectCommandReader::State::kComplete || !client.reader.prefix().empty()) {
+      FailClient(id, "first message must be exactly one 'CONNECT <port>' line");
+    } else {
+      OnCommandComplete(id);
+    }
+    return;
+  }
   for (;;) {
     ssize_t n = ::recv(client.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
     if (n < 0) {
@@ -378,8 +443,12 @@ void UnixBackend::OnCommandComplete(uint64_t id) {
   }
   uint32_t port = client.guest_port;
   LOG_DEBUG("hybrid: host client asks for guest port {}", port);
-  auto connect = connector_->ConnectToGuest(
-      port, [this, id](Result<uint32_t> result) { return OnGuestAnswer(id, std::move(result)); });
+  auto on_answer = [this, id](Result<uint32_t> result) {
+    return OnGuestAnswer(id, std::move(result));
+  };
+  auto connect = client.seqpacket ? connector_->ConnectToGuestOfType(
+                                        port, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET, on_answer)
+                                  : connector_->ConnectToGuest(port, on_answer);
   it = clients_.find(id);
   if (it == clients_.end()) return;  // answered (and finished) synchronously
   if (!connect.ok()) {

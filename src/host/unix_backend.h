@@ -23,6 +23,20 @@
 //    it are not lost (they become HostStream::prefix, sent to the guest first); bytes sent
 //    later, before "OK" came back, simply wait in the socket.
 //
+// SEQPACKET (guest SOCK_SEQPACKET <-> host AF_UNIX SOCK_SEQPACKET; options.seqpacket, on by
+// default). Stream and seqpacket services use different files, so both may exist for one
+// port:
+//  - Guest -> host: a SEQPACKET connect to host port X goes to the AF_UNIX SOCK_SEQPACKET
+//    socket "P_X.seqpacket" (then, as for streams, each prefix + X + ".seqpacket", e.g.
+//    "<run-dir>/host_X.seqpacket"). Every guest message is one message on that socket.
+//  - Host -> guest: we also listen (SOCK_SEQPACKET) on "P.seqpacket" and on "<L>.seqpacket"
+//    for each extra listener L (e.g. "<run-dir>/cid_<N>.seqpacket"). The host program sends
+//    the message "CONNECT <port>\n" (one message, exactly that line) and receives the
+//    message "OK <n>\n", or "ERR <reason>\n" and a close; from then on every message is one
+//    vsock message. A first message that is not exactly one command line (longer than
+//    max_command_line, no '\n', or bytes after it) gets ERR.
+//  - Caller names are bound for seqpacket connects too (same form as for streams).
+//
 // Extensions (all optional; with only uds_path set the behaviour is exactly the above):
 //  - More host -> guest listeners (listen_paths), each speaking the same CONNECT/OK protocol
 //    as P. vsockd --run-dir DIR adds "DIR/cid_<guest CID>" so host programs (the AF_VSOCK shim)
@@ -81,6 +95,8 @@ struct UnixBackendOptions {
   // The <instance> part of caller names; empty: "<pid>.<CLOCK_REALTIME ns, hex>" at construction.
   std::string instance_id;
   OkReply ok_reply = OkReply::kHostPort;
+  // SEQPACKET services: "<listener>.seqpacket" listeners and ".seqpacket" host paths (above).
+  bool seqpacket = true;
   // Guest -> host: how long to keep retrying a connect to a listener whose backlog is full.
   std::chrono::milliseconds host_connect_timeout{2000};
   // Host -> guest: how long a client may take to send its complete command line.
@@ -104,6 +120,9 @@ class GuestConnector {
   virtual Result<uint64_t> ConnectToGuest(uint32_t guest_port, Done done) = 0;
   // Abandons a pending connect; `done` is not called afterwards.
   virtual void CancelConnectToGuest(uint64_t id) = 0;
+  // The same with a socket type (vsock::VIRTIO_VSOCK_TYPE_*). The default supports STREAM
+  // only (EPROTONOSUPPORT otherwise), so connectors that predate SEQPACKET keep working.
+  virtual Result<uint64_t> ConnectToGuestOfType(uint32_t guest_port, uint16_t type, Done done);
 };
 
 class UnixBackend : public vsock::HostBackend {
@@ -130,9 +149,12 @@ class UnixBackend : public vsock::HostBackend {
 
   const UnixBackendOptions& options() const { return options_; }
   // The first path a guest connect to `port` tries ("P_<port>" when uds_path is set).
-  std::string HostPortPath(uint32_t port) const;
-  // Every path a guest connect to `port` tries, in order.
-  std::vector<std::string> HostPortPaths(uint32_t port) const;
+  std::string HostPortPath(uint32_t port, uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) const;
+  // Every path a guest connect to `port` of socket `type` tries, in order.
+  std::vector<std::string> HostPortPaths(uint32_t port,
+                                         uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) const;
+  // Every path we listen on (after Start()), stream ones then seqpacket ones.
+  std::vector<std::string> ListenPaths() const;
   // The abstract name (without its NUL) a guest -> host connect binds to.
   std::string CallerNameFor(const vsock::ConnectionInfo& info) const;
   const std::string& instance_id() const { return instance_id_; }
@@ -143,6 +165,7 @@ class UnixBackend : public vsock::HostBackend {
   struct Client;
   struct Listener {
     std::string path;
+    bool seqpacket = false;  // SOCK_SEQPACKET listener (".seqpacket")
     Fd fd;
     // Identity of the socket file we created, so Shutdown() never unlinks a successor's.
     dev_t dev = 0;

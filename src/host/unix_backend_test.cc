@@ -629,6 +629,25 @@ TEST_F(GuestToHostTest, CandidatePathsInOrder) {
   EXPECT_EQ(backend_->HostPortPath(5), options_.uds_path + "_5");
 }
 
+TEST_F(GuestToHostTest, SeqpacketPathsAndListeners) {
+  options_.host_path_prefixes = {dir_ + "/host_"};
+  options_.listen_paths = {dir_ + "/cid_3"};
+  StartBackend();
+  EXPECT_EQ(
+      backend_->HostPortPaths(5, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET),
+      (std::vector<std::string>{options_.uds_path + "_5.seqpacket", dir_ + "/host_5.seqpacket"}));
+  EXPECT_TRUE(backend_->HostPortPaths(5, 7).empty());
+  EXPECT_EQ(backend_->ListenPaths(), (std::vector<std::string>{options_.uds_path, dir_ + "/cid_3",
+                                                               options_.uds_path + ".seqpacket",
+                                                               dir_ + "/cid_3.seqpacket"}));
+  int type = 0;
+  socklen_t len = sizeof type;
+  auto c = ConnectUnix(options_.uds_path + ".seqpacket", false, SOCK_SEQPACKET);
+  ASSERT_TRUE(c.ok()) << c.error().ToString();
+  ASSERT_EQ(::getsockopt(c->get(), SOL_SOCKET, SO_TYPE, &type, &len), 0);
+  EXPECT_EQ(type, SOCK_SEQPACKET);
+}
+
 TEST_F(GuestToHostTest, FallsBackToTheRunDirWhenTheHybridPathIsMissing) {
   options_.host_path_prefixes = {dir_ + "/host_"};
   StartBackend();

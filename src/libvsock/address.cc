@@ -219,7 +219,13 @@ std::optional<Address> Address::from_sockaddr(const sockaddr* addr, socklen_t le
     }
     const char* p = un->sun_path;
     size_t plen = n - base;
-    if (p[0] == '\0') return Address::unix_socket("@" + std::string(p + 1, plen - 1));
+    if (p[0] == '\0') {
+      // Built by append, not "@" + std::string(...): g++ 12 at -O3 reports a false
+      // -Wrestrict on the operator+ form.
+      std::string name(1, '@');
+      name.append(p + 1, plen - 1);
+      return Address::unix_socket(name);
+    }
     return Address::unix_socket(std::string(p, strnlen(p, plen)));
   }
   ec = std::make_error_code(std::errc::address_family_not_supported);

@@ -11,6 +11,9 @@
 #include <string_view>
 #include <system_error>
 
+#include "vsock/address.h"
+#include "vsock/stream.h"
+
 namespace vsock::detail {
 
 inline std::error_code sys_error(int e) { return {e, std::system_category()}; }
@@ -27,5 +30,9 @@ inline std::chrono::milliseconds cap_timeout(std::chrono::milliseconds t) {
 
 // Sets or clears O_NONBLOCK.
 std::error_code set_nonblocking(int fd, bool on);
+
+// vsock::connect for either socket type (a SEQPACKET fd comes back inside the Stream).
+Stream connect_typed(const Address& address, SocketType type, std::chrono::milliseconds timeout,
+                     std::error_code& ec, std::string* why);
 
 }  // namespace vsock::detail

@@ -16,8 +16,8 @@ namespace vsock {
 namespace {
 
 // True if something accepts connections at the Unix socket `addr` (a live listener).
-bool unix_path_is_live(const sockaddr_storage& addr, socklen_t len) {
-  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+bool unix_path_is_live(const sockaddr_storage& addr, socklen_t len, int type) {
+  int probe = ::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (probe < 0) return true;  // cannot tell: do not remove anything
   int r = ::connect(probe, reinterpret_cast<const sockaddr*>(&addr), len);
   int e = errno;
@@ -31,6 +31,7 @@ bool unix_path_is_live(const sockaddr_storage& addr, socklen_t len) {
 Listener::Listener(Listener&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
       nonblocking_(other.nonblocking_),
+      type_(other.type_),
       local_(std::move(other.local_)),
       unlink_path_(std::exchange(other.unlink_path_, {})),
       dev_(other.dev_),
@@ -41,6 +42,7 @@ Listener& Listener::operator=(Listener&& other) noexcept {
     close();
     fd_ = std::exchange(other.fd_, -1);
     nonblocking_ = other.nonblocking_;
+    type_ = other.type_;
     local_ = std::move(other.local_);
     unlink_path_ = std::exchange(other.unlink_path_, {});
     dev_ = other.dev_;
@@ -138,7 +140,7 @@ Stream Listener::accept(std::chrono::milliseconds timeout, std::error_code& ec) 
   }
 }
 
-Listener listen(const Address& address, std::error_code& ec, int backlog) {
+Listener listen(const Address& address, SocketType type, std::error_code& ec, int backlog) {
   ec.clear();
   Listener l;
   Address bind_address = address;
@@ -147,21 +149,23 @@ Listener listen(const Address& address, std::error_code& ec, int backlog) {
       ec = errc::invalid_address;
       return {};
     }
-    bind_address = Address::unix_socket(address.hybrid_listen_path());
+    bind_address = Address::unix_socket(address.hybrid_listen_path(type));
   }
   sockaddr_storage ss;
   socklen_t len = bind_address.to_sockaddr(ss, ec);
   if (ec) return {};
   int family = address.is_vsock() ? AF_VSOCK : AF_UNIX;
-  int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int sock_type = type == SocketType::seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
+  int fd = ::socket(family, sock_type | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     ec = detail::last_error();
     return {};
   }
   l.fd_ = fd;
+  l.type_ = type;
   int r = ::bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
   const bool file_path = family == AF_UNIX && bind_address.path()[0] != '@';
-  if (r < 0 && errno == EADDRINUSE && file_path && !unix_path_is_live(ss, len)) {
+  if (r < 0 && errno == EADDRINUSE && file_path && !unix_path_is_live(ss, len, sock_type)) {
     // A stale socket file left by a listener that is gone.
     ::unlink(bind_address.path().c_str());
     r = ::bind(fd, reinterpret_cast<sockaddr*>(&ss), len);

@@ -181,6 +181,7 @@ struct Connector::State {
   enum class Phase { connecting, sending, reading, done, failed };
   Phase phase = Phase::connecting;
   Address address;
+  SocketType type = SocketType::stream;
   int fd = -1;
   std::string command;  // "CONNECT <port>\n"
   size_t sent = 0;
@@ -216,6 +217,16 @@ struct Connector::State {
   }
 
   void send_command(std::error_code& ec) {
+    if (type == SocketType::seqpacket) {
+      // One message, all or nothing.
+      ssize_t n;
+      do {
+        n = ::send(fd, command.data(), command.size(), MSG_NOSIGNAL);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n < 0) return fail_sys(ec, errno, "sending the CONNECT command");
+      sent = command.size();
+    }
     while (sent < command.size()) {
       ssize_t n = ::send(fd, command.data() + sent, command.size() - sent, MSG_NOSIGNAL);
       if (n < 0) {
@@ -232,6 +243,7 @@ struct Connector::State {
   // Peeks at what arrived and consumes it only up to the '\n', so the first payload bytes
   // behind the reply stay in the socket for the application.
   void read_reply(std::error_code& ec) {
+    if (type == SocketType::seqpacket) return read_reply_message(ec);
     char buf[128];
     while (true) {
       ssize_t n = ::recv(fd, buf, sizeof buf, MSG_PEEK);
@@ -262,6 +274,34 @@ struct Connector::State {
                         " bytes: '" + detail::printable(line, 60) + "'");
       }
     }
+  }
+
+  // SEQPACKET: the reply is exactly one message, "OK <n>\n" or "ERR <reason>\n".
+  void read_reply_message(std::error_code& ec) {
+    char buf[kMaxReplyLine + 1];
+    ssize_t n;
+    do {
+      n = ::recv(fd, buf, sizeof buf, MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == ECONNRESET) return refused_without_reply(ec);
+      return fail_sys(ec, errno, "reading the handshake reply");
+    }
+    if (n == 0) return refused_without_reply(ec);
+    if (static_cast<size_t>(n) > sizeof buf) {
+      return fail(
+          ec, errc::bad_handshake_reply,
+          "the hybrid reply message is longer than " + std::to_string(kMaxReplyLine) + " bytes");
+    }
+    std::string_view m(buf, static_cast<size_t>(n));
+    if (m.back() != '\n' || m.find('\n') != m.size() - 1) {
+      return fail(ec, errc::bad_handshake_reply,
+                  "the hybrid reply message '" + detail::printable(m, 60) +
+                      "' is not one line ending in a newline");
+    }
+    line.assign(m.substr(0, m.size() - 1));
+    evaluate(ec);
   }
 
   void refused_without_reply(std::error_code& ec) {
@@ -297,10 +337,16 @@ Connector& Connector::operator=(Connector&&) noexcept = default;
 
 void Connector::start(const Address& address, std::error_code& ec,
                       std::chrono::milliseconds vsock_connect_timeout) {
+  start(address, SocketType::stream, ec, vsock_connect_timeout);
+}
+
+void Connector::start(const Address& address, SocketType type, std::error_code& ec,
+                      std::chrono::milliseconds vsock_connect_timeout) {
   ec.clear();
   state_ = std::make_unique<State>();
   State& s = *state_;
   s.address = address;
+  s.type = type;
   if (address.is_vsock() && (address.cid() == cid_any || address.port() == port_any)) {
     return s.fail(ec, errc::invalid_address, "cannot connect to CID or port 'any'");
   }
@@ -311,13 +357,18 @@ void Connector::start(const Address& address, std::error_code& ec,
     s.command = "CONNECT " + std::to_string(address.port()) + "\n";
   }
   sockaddr_storage ss;
-  socklen_t len = address.to_sockaddr(ss, ec);
+  Address target = address;
+  if (address.is_hybrid() && type == SocketType::seqpacket) {
+    target = Address::unix_socket(address.hybrid_connect_path(type));
+  }
+  socklen_t len = target.to_sockaddr(ss, ec);
   if (ec) {
     std::error_code code = ec;
     return s.fail(ec, code, "bad socket path: " + code.message());
   }
   int family = address.is_vsock() ? AF_VSOCK : AF_UNIX;
-  s.fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int sock_type = type == SocketType::seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
+  s.fd = ::socket(family, sock_type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (s.fd < 0) return s.fail_sys(ec, errno, "socket");
   if (address.is_vsock() && vsock_connect_timeout.count() > 0) {
     timeval tv = to_timeval(vsock_connect_timeout);
@@ -430,12 +481,18 @@ Stream::Stream(int fd, Address local, Address peer)
 
 Stream connect(const Address& address, std::chrono::milliseconds timeout, std::error_code& ec,
                std::string* why) {
+  return detail::connect_typed(address, SocketType::stream, timeout, ec, why);
+}
+
+Stream detail::connect_typed(const Address& address, SocketType type,
+                             std::chrono::milliseconds timeout, std::error_code& ec,
+                             std::string* why) {
   using Clock = std::chrono::steady_clock;
   timeout = detail::cap_timeout(timeout);
   const bool limited = timeout.count() > 0;
   const auto deadline = Clock::now() + timeout;
   Connector c;
-  c.start(address, ec, timeout);
+  c.start(address, type, ec, timeout);
   while (!ec && !c.done()) {
     int wait_ms = -1;
     if (limited) {

@@ -81,6 +81,7 @@ struct Entry {
   dev_t dev = 0;  // identity of the AF_UNIX socket behind the fd: detects a reused fd number
   ino_t ino = 0;  // (after close_range, exec'd fd tables, ...)
   std::string run_dir;
+  bool seqpacket = false;  // SOCK_SEQPACKET: the ".seqpacket" files, one-message handshake
   State state = State::kUnbound;
   uint32_t local_cid = VMADDR_CID_ANY;
   uint32_t local_port = VMADDR_PORT_ANY;
@@ -203,6 +204,9 @@ bool MakeUnixAddr(const std::string& path, sockaddr_un* addr, socklen_t* len) {
   return true;
 }
 
+// vsockd's name suffix for the socket type (src/host/unix_backend.h).
+const char* Suffix(const Entry& e) { return e.seqpacket ? ".seqpacket" : ""; }
+
 int Fail(int err) {
   errno = err;
   return -1;
@@ -290,7 +294,8 @@ int BindPath(int fd, const std::string& path) {
 void ResetSocket(int fd, Entry* e) {
   int fl = ::fcntl(fd, F_GETFL);
   int fdfl = ::fcntl(fd, F_GETFD);
-  int type = SOCK_STREAM | ((fl >= 0 && (fl & O_NONBLOCK)) ? SOCK_NONBLOCK : 0);
+  int type = (e->seqpacket ? SOCK_SEQPACKET : SOCK_STREAM) |
+             ((fl >= 0 && (fl & O_NONBLOCK)) ? SOCK_NONBLOCK : 0);
   int fresh = RealSocket(AF_UNIX, type | SOCK_CLOEXEC, 0);
   if (fresh < 0) return;
   if (RealDup3(fresh, fd, (fdfl >= 0 && (fdfl & FD_CLOEXEC)) ? O_CLOEXEC : 0) == fd) {
@@ -334,29 +339,45 @@ int ReadReply(int fd, Entry* e, bool wait, int timeout_ms, uint32_t* n) {
   ::clock_gettime(CLOCK_MONOTONIC, &start);
   for (;;) {
     char buf[kMaxReplyLine];
-    ssize_t r = RealRecv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-    if (r > 0) {
-      const void* nl = std::memchr(buf, '\n', static_cast<size_t>(r));
-      size_t take = nl != nullptr ? static_cast<size_t>(static_cast<const char*>(nl) - buf) + 1
-                                  : static_cast<size_t>(r);
-      ssize_t got;
-      do {
-        got = RealRecv(fd, buf, take, MSG_DONTWAIT);
-      } while (got < 0 && errno == EINTR);
-      if (got <= 0) return got == 0 ? ECONNRESET : errno;
-      e->reply.append(buf, static_cast<size_t>(got));
-      if (e->reply.back() == '\n') {
-        std::string line = e->reply.substr(0, e->reply.size() - 1);
+    if (e->seqpacket) {
+      // The reply is exactly one message "OK <n>\n" / "ERR <reason>\n".
+      ssize_t r = RealRecv(fd, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
+      if (r > static_cast<ssize_t>(sizeof buf)) return EPROTO;
+      if (r > 0) {
+        std::string line(buf, static_cast<size_t>(r));
+        if (line.back() != '\n' || line.find('\n') != line.size() - 1) return EPROTO;
+        line.pop_back();
         if (!line.empty() && line.back() == '\r') line.pop_back();
-        e->reply.clear();
         return ParseReply(line, n);
       }
-      if (e->reply.size() >= kMaxReplyLine) return EPROTO;
-      continue;
+      if (r == 0) return ECONNRESET;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
+    } else {
+      ssize_t r = RealRecv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+      if (r > 0) {
+        const void* nl = std::memchr(buf, '\n', static_cast<size_t>(r));
+        size_t take = nl != nullptr ? static_cast<size_t>(static_cast<const char*>(nl) - buf) + 1
+                                    : static_cast<size_t>(r);
+        ssize_t got;
+        do {
+          got = RealRecv(fd, buf, take, MSG_DONTWAIT);
+        } while (got < 0 && errno == EINTR);
+        if (got <= 0) return got == 0 ? ECONNRESET : errno;
+        e->reply.append(buf, static_cast<size_t>(got));
+        if (e->reply.back() == '\n') {
+          std::string line = e->reply.substr(0, e->reply.size() - 1);
+          if (!line.empty() && line.back() == '\r') line.pop_back();
+          e->reply.clear();
+          return ParseReply(line, n);
+        }
+        if (e->reply.size() >= kMaxReplyLine) return EPROTO;
+        continue;
+      }
+      if (r == 0) return ECONNRESET;  // vsockd closed without a reply
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
     }
-    if (r == 0) return ECONNRESET;  // vsockd closed without a reply
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
     if (!wait) return EINPROGRESS;
     int left = -1;
     if (timeout_ms >= 0) {
@@ -444,7 +465,8 @@ int ConnectVsock(int fd, Entry* e, const sockaddr_vm& to) {
   }
   if (to.svm_cid == VMADDR_CID_HOST || to.svm_cid == VMADDR_CID_LOCAL) {
     // Host loopback: straight to the host listener.
-    int err = BlockingUnixConnect(fd, e->run_dir + "/host_" + std::to_string(to.svm_port));
+    int err =
+        BlockingUnixConnect(fd, e->run_dir + "/host_" + std::to_string(to.svm_port) + Suffix(*e));
     if (err == ENOENT || err == ECONNREFUSED) err = ECONNRESET;
     if (err != 0) return Fail(err);
     e->state = State::kConnected;
@@ -456,7 +478,7 @@ int ConnectVsock(int fd, Entry* e, const sockaddr_vm& to) {
   }
   if (to.svm_cid == VMADDR_CID_ANY) return Fail(ENETUNREACH);
   if (to.svm_cid == VMADDR_CID_HYPERVISOR) return Fail(ENODEV);
-  int err = BlockingUnixConnect(fd, e->run_dir + "/cid_" + std::to_string(to.svm_cid));
+  int err = BlockingUnixConnect(fd, e->run_dir + "/cid_" + std::to_string(to.svm_cid) + Suffix(*e));
   if (err == ENOENT || err == ECONNREFUSED) err = ENODEV;  // no VM with that CID here
   if (err != 0) return Fail(err);
   std::string cmd = "CONNECT " + std::to_string(to.svm_port) + "\n";
@@ -495,17 +517,18 @@ int BindVsock(int fd, Entry* e, const sockaddr_vm& addr) {
   if (::mkdir(e->run_dir.c_str(), 0755) != 0 && errno != EEXIST) return Fail(errno);
   uint32_t port = addr.svm_port;
   int err = 0;
+  auto path = [&](uint32_t p) { return e->run_dir + "/host_" + std::to_string(p) + Suffix(*e); };
   if (port == VMADDR_PORT_ANY) {
     err = EADDRINUSE;
     for (int attempt = 0; attempt < 64 && err == EADDRINUSE; ++attempt) {
       port = EphemeralPort();
-      err = BindPath(fd, e->run_dir + "/host_" + std::to_string(port));
+      err = BindPath(fd, path(port));
     }
   } else {
-    err = BindPath(fd, e->run_dir + "/host_" + std::to_string(port));
+    err = BindPath(fd, path(port));
   }
   if (err != 0) return Fail(err);
-  e->bound_path = e->run_dir + "/host_" + std::to_string(port);
+  e->bound_path = path(port);
   struct stat st;
   if (::lstat(e->bound_path.c_str(), &st) == 0) {
     e->bound_dev = st.st_dev;
@@ -532,6 +555,7 @@ int AcceptVsock(int fd, const Entry& listener, sockaddr* addr, socklen_t* addrle
   auto e = std::make_shared<Entry>();
   SocketIdentity(c, &e->dev, &e->ino);
   e->run_dir = listener.run_dir;
+  e->seqpacket = listener.seqpacket;
   e->state = State::kConnected;
   e->local_cid = VMADDR_CID_HOST;
   e->local_port = listener.local_port;
@@ -579,11 +603,12 @@ __attribute__((visibility("default"))) int socket(int domain, int type, int prot
     return fd;
   }
   int base = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
-  if (base != SOCK_STREAM) return Fail(ESOCKTNOSUPPORT);
+  if (base != SOCK_STREAM && base != SOCK_SEQPACKET) return Fail(ESOCKTNOSUPPORT);
   if (protocol != 0) return Fail(EPROTONOSUPPORT);
   auto e = std::make_shared<Entry>();
   if (!RunDir(&e->run_dir)) return Fail(EAFNOSUPPORT);
-  int fd = RealSocket(AF_UNIX, SOCK_STREAM | (type & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
+  e->seqpacket = base == SOCK_SEQPACKET;
+  int fd = RealSocket(AF_UNIX, base | (type & (SOCK_NONBLOCK | SOCK_CLOEXEC)), 0);
   if (fd < 0) return fd;
   if (fd >= kMaxFds) {
     RealClose(fd);

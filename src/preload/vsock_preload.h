@@ -45,6 +45,12 @@
 //       the rest pass through to the AF_UNIX socket.
 //   close  forgets the fd and removes "DIR/host_P" if this process created it.
 //   socketpair(AF_VSOCK) -> EOPNOTSUPP, as Linux. Other socket types -> ESOCKTNOSUPPORT.
+//   SOCK_SEQPACKET: an AF_UNIX SOCK_SEQPACKET socket under vsockd's SEQPACKET names (see
+//       src/host/unix_backend.h): bind/listen serve "DIR/host_P.seqpacket"; connect goes to
+//       "DIR/cid_<CID>.seqpacket" (host loopback: "DIR/host_P.seqpacket"), the CONNECT / OK
+//       handshake being one message each way; everything else as above. Message boundaries,
+//       recv/recvmsg truncation and MSG_TRUNC are AF_UNIX's (the same as AF_VSOCK's); MSG_EOR
+//       is accepted on send and never reported on receive (AF_UNIX does not carry it).
 // Nothing here ever creates an AF_VSOCK socket. Every other call passes straight through
 // (one relaxed atomic load of a per-fd flag byte).
 //

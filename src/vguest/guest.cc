@@ -241,6 +241,10 @@ Status Guest::Setup() {
     acked_features_ |= Bit(virtio::VIRTIO_RING_F_EVENT_IDX);
   }
   event_idx_ = (acked_features_ & Bit(virtio::VIRTIO_RING_F_EVENT_IDX)) != 0;
+  // 6.1 acks VIRTIO_VSOCK_F_SEQPACKET when the device offers it.
+  if (options_.seqpacket && (device_features_ & Bit(VIRTIO_VSOCK_F_SEQPACKET))) {
+    acked_features_ |= Bit(VIRTIO_VSOCK_F_SEQPACKET);
+  }
   if (options_.indirect_desc && (device_features_ & Bit(virtio::VIRTIO_RING_F_INDIRECT_DESC))) {
     acked_features_ |= Bit(virtio::VIRTIO_RING_F_INDIRECT_DESC);
   }
@@ -549,19 +553,28 @@ void Guest::Dispatch(const PacketHeader& hdr, std::span<const uint8_t> payload) 
     LOG_RATELIMITED(LogLevel::kWarn, "vguest: packet for cid {}, we are {}: {}", hdr.dst_cid, cid_,
                     DescribeHeader(hdr));
   }
-  if (hdr.type != VIRTIO_VSOCK_TYPE_STREAM) {
+  if (hdr.type != VIRTIO_VSOCK_TYPE_STREAM &&
+      (hdr.type != VIRTIO_VSOCK_TYPE_SEQPACKET || !seqpacket_negotiated())) {
     ++stats_.bad_type_rx;
     ReplyRst(hdr);
     return;
   }
   auto it = connections_.find(ConnKey{hdr.dst_port, hdr.src_cid, hdr.src_port});
   if (it != connections_.end()) {
+    if (hdr.type != it->second->type()) {
+      // Linux: a packet whose type is not the socket's gets RST.
+      ++stats_.bad_type_rx;
+      ReplyRst(hdr);
+      return;
+    }
     it->second->OnPacket(hdr, payload);
     return;
   }
   auto lit = listeners_.find(hdr.dst_port);
-  if (lit != listeners_.end() && hdr.op == VIRTIO_VSOCK_OP_REQUEST) {
+  if (lit != listeners_.end() && hdr.op == VIRTIO_VSOCK_OP_REQUEST &&
+      listener_types_[hdr.dst_port] == hdr.type) {
     StreamConfig cfg;
+    cfg.type = hdr.type;
     cfg.local_port = hdr.dst_port;
     cfg.peer_cid = hdr.src_cid;
     cfg.peer_port = hdr.src_port;
@@ -794,8 +807,9 @@ uint32_t Guest::AllocEphemeralPort() {
 }
 
 Stream* Guest::Connect(uint32_t port, std::function<void(Stream*, Status)> on_done,
-                       uint64_t dst_cid) {
+                       uint64_t dst_cid, uint16_t type) {
   StreamConfig cfg;
+  cfg.type = type;
   cfg.local_port = AllocEphemeralPort();
   cfg.peer_cid = dst_cid;
   cfg.peer_port = port;
@@ -806,9 +820,12 @@ Stream* Guest::Connect(uint32_t port, std::function<void(Stream*, Status)> on_do
   auto owned = std::make_unique<Stream>(host, cfg);
   Stream* s = owned.get();
   streams_.emplace(s, std::move(owned));
-  if (gone_ || cfg.local_port == 0) {
-    // Report asynchronously, as a connect that fails at once would.
-    int code = gone_ ? ENOTCONN : EADDRNOTAVAIL;
+  const bool type_ok = type == VIRTIO_VSOCK_TYPE_STREAM ||
+                       (type == VIRTIO_VSOCK_TYPE_SEQPACKET && seqpacket_negotiated());
+  if (gone_ || cfg.local_port == 0 || !type_ok) {
+    // Report asynchronously, as a connect that fails at once would (Linux: ESOCKTNOSUPPORT
+    // for a seqpacket socket without the feature).
+    int code = gone_ ? ENOTCONN : !type_ok ? ESOCKTNOSUPPORT : EADDRNOTAVAIL;
     Defer([s, code, on_done = std::move(on_done), this] {
       if (streams_.count(s) == 0 || s->state() != Stream::State::kIdle) return;
       on_done(s, MakeError(code, "connect to {}:{}", s->peer_cid(), s->peer_port()));
@@ -820,13 +837,21 @@ Stream* Guest::Connect(uint32_t port, std::function<void(Stream*, Status)> on_do
   return s;
 }
 
-Status Guest::Listen(uint32_t port, std::function<void(Stream*)> on_accept) {
+Status Guest::Listen(uint32_t port, std::function<void(Stream*)> on_accept, uint16_t type) {
   if (listeners_.count(port) != 0) return MakeError(EADDRINUSE, "guest port {}", port);
+  if (type != VIRTIO_VSOCK_TYPE_STREAM &&
+      (type != VIRTIO_VSOCK_TYPE_SEQPACKET || !seqpacket_negotiated())) {
+    return MakeError(ESOCKTNOSUPPORT, "guest port {}: socket type {} not negotiated", port, type);
+  }
   listeners_[port] = std::move(on_accept);
+  listener_types_[port] = type;
   return OkStatus();
 }
 
-void Guest::Unlisten(uint32_t port) { listeners_.erase(port); }
+void Guest::Unlisten(uint32_t port) {
+  listeners_.erase(port);
+  listener_types_.erase(port);
+}
 
 // StreamHost
 

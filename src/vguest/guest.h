@@ -55,6 +55,8 @@ struct GuestOptions {
   // one descriptor (rx buffers, tx data packets) is one indirect descriptor, as
   // virtqueue_add_split does, so a 128-entry ring holds 128 rx buffers instead of 64.
   bool indirect_desc = true;
+  // Ack VIRTIO_VSOCK_F_SEQPACKET if offered (as 6.1 does); then SEQPACKET connects/listens work.
+  bool seqpacket = true;
   size_t memory_bytes = 64 << 20;                   // memfd guest RAM size
   std::chrono::milliseconds connect_timeout{2000};  // vsock connect (Linux default)
   std::chrono::milliseconds close_timeout{8000};    // linger after Close (Linux default)
@@ -116,15 +118,23 @@ class Guest : private StreamHost {
   uint64_t protocol_features() const { return protocol_features_; }
   // False once the backend closed the vhost-user connection (all streams were reset).
   bool attached() const { return !gone_; }
+  bool seqpacket_negotiated() const {
+    return (acked_features_ & (uint64_t{1} << vsock::VIRTIO_VSOCK_F_SEQPACKET)) != 0;
+  }
 
   // Guest -> `dst_cid` connect from an ephemeral port (random start >= 1024, increasing).
   // on_done(stream, status) runs once: ok on RESPONSE, ECONNRESET on RST, ETIMEDOUT after
-  // connect_timeout, ENOTCONN when the backend is gone. Never runs inside Connect().
+  // connect_timeout, ENOTCONN when the backend is gone, ESOCKTNOSUPPORT for SEQPACKET when
+  // the feature was not negotiated. Never runs inside Connect(). `type` is
+  // VIRTIO_VSOCK_TYPE_STREAM or VIRTIO_VSOCK_TYPE_SEQPACKET (message semantics: see Stream).
   Stream* Connect(uint32_t port, std::function<void(Stream*, Status)> on_done,
-                  uint64_t dst_cid = vsock::VMADDR_CID_HOST);
-  // Accepts peer -> guest connections on `port` (REQUEST -> RESPONSE). A REQUEST to a port
-  // nobody listens on gets RST, as in Linux. EADDRINUSE if already listening.
-  Status Listen(uint32_t port, std::function<void(Stream*)> on_accept);
+                  uint64_t dst_cid = vsock::VMADDR_CID_HOST,
+                  uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM);
+  // Accepts peer -> guest connections of `type` on `port` (REQUEST -> RESPONSE). A REQUEST to
+  // a port nobody listens on (or of another type) gets RST, as in Linux. EADDRINUSE if
+  // already listening; ESOCKTNOSUPPORT for SEQPACKET without the feature.
+  Status Listen(uint32_t port, std::function<void(Stream*)> on_accept,
+                uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM);
   void Unlisten(uint32_t port);
 
   // A guest driver reset: stop the rings (ENABLE 0, GET_VRING_BASE), reset every stream
@@ -288,6 +298,7 @@ class Guest : private StreamHost {
   std::map<ConnKey, Stream*> connections_;
   std::unordered_map<Stream*, std::unique_ptr<Stream>> streams_;
   std::map<uint32_t, std::function<void(Stream*)>> listeners_;
+  std::map<uint32_t, uint16_t> listener_types_;
   uint32_t next_port_ = 0;
 
   Stats stats_;

@@ -40,7 +40,7 @@ PacketHeader Stream::MakeHeader(uint16_t op, uint32_t len, uint32_t flags) {
   hdr.src_port = config_.local_port;
   hdr.dst_port = config_.peer_port;
   hdr.len = len;
-  hdr.type = VIRTIO_VSOCK_TYPE_STREAM;
+  hdr.type = config_.type;
   hdr.op = op;
   hdr.flags = flags;
   hdr.buf_alloc = config_.buf_alloc;
@@ -75,6 +75,11 @@ void Stream::Accept(const PacketHeader& request) {
 }
 
 size_t Stream::Write(const void* data, size_t len) {
+  if (seqpacket()) {
+    // One call, one message (all or nothing).
+    auto st = WriteMessage(std::span<const uint8_t>(static_cast<const uint8_t*>(data), len));
+    return st.ok() ? len : 0;
+  }
   if (state_ != State::kEstablished || app_closed_ ||
       (shutdown_sent_ & VIRTIO_VSOCK_SHUTDOWN_SEND) ||
       (peer_shutdown_ & VIRTIO_VSOCK_SHUTDOWN_RCV)) {
@@ -104,6 +109,68 @@ size_t Stream::Write(const void* data, size_t len) {
   return taken;
 }
 
+Status Stream::WriteMessage(std::span<const uint8_t> message, bool eor) {
+  if (!seqpacket()) return MakeError(EINVAL, "port {}: not a SEQPACKET socket", local_port());
+  if (state_ != State::kEstablished || app_closed_) {
+    return MakeError(ENOTCONN, "port {}: not connected", local_port());
+  }
+  if ((shutdown_sent_ & VIRTIO_VSOCK_SHUTDOWN_SEND) ||
+      (peer_shutdown_ & VIRTIO_VSOCK_SHUTDOWN_RCV)) {
+    return MakeError(EPIPE, "port {}: sending is shut down", local_port());
+  }
+  if (message_backlog() > 0) {
+    write_blocked_ = true;
+    return MakeError(EAGAIN, "port {}: previous message still going out", local_port());
+  }
+  // virtio_transport_seqpacket_enqueue(): a message must fit the peer's receive buffer.
+  if (message.size() > peer_buf_alloc_) {
+    return MakeError(EMSGSIZE, "port {}: message of {} bytes, peer buf_alloc {}", local_port(),
+                     message.size(), peer_buf_alloc_);
+  }
+  if (message.empty()) return OkStatus();
+  out_msg_.assign(message.begin(), message.end());
+  out_msg_off_ = 0;
+  out_eor_ = eor;
+  ContinueMessage();
+  if (message_backlog() > 0) write_blocked_ = true;
+  return OkStatus();
+}
+
+void Stream::ContinueMessage() {
+  if (state_ != State::kEstablished || app_closed_) return;
+  while (out_msg_off_ < out_msg_.size()) {
+    uint32_t credit = peer_credit();
+    if (credit == 0) break;  // a packet with a fresher fwd_cnt calls us again
+    size_t room = host_->TxRoom();
+    if (room == 0) {
+      if (!waiting_tx_room_) {
+        waiting_tx_room_ = true;
+        host_->WaitForTxRoom(this);
+      }
+      break;
+    }
+    size_t n = std::min({out_msg_.size() - out_msg_off_, static_cast<size_t>(credit), room,
+                         static_cast<size_t>(kMaxPacketPayload)});
+    bool last = out_msg_off_ + n == out_msg_.size();
+    uint32_t flags = last ? (VIRTIO_VSOCK_SEQ_EOM | (out_eor_ ? VIRTIO_VSOCK_SEQ_EOR : 0)) : 0;
+    PacketHeader hdr = MakeHeader(VIRTIO_VSOCK_OP_RW, static_cast<uint32_t>(n), flags);
+    tx_cnt_ += static_cast<uint32_t>(n);
+    host_->SendData(hdr, std::span<const uint8_t>(out_msg_.data() + out_msg_off_, n));
+    out_msg_off_ += n;
+  }
+  if (out_msg_off_ == out_msg_.size() && !out_msg_.empty()) {
+    out_msg_.clear();
+    out_msg_off_ = 0;
+  }
+}
+
+void Stream::DeliverMessage(std::vector<uint8_t> message, uint32_t flags) {
+  if (on_message) on_message(message, flags & (VIRTIO_VSOCK_SEQ_EOM | VIRTIO_VSOCK_SEQ_EOR));
+  fwd_cnt_ += static_cast<uint32_t>(message.size());
+  // virtio_transport_seqpacket_do_dequeue() sends a credit update after every message.
+  if (state_ == State::kEstablished) SendOp(VIRTIO_VSOCK_OP_CREDIT_UPDATE);
+}
+
 void Stream::Shutdown(bool no_more_receive, bool no_more_send) {
   uint32_t bits = (no_more_receive ? VIRTIO_VSOCK_SHUTDOWN_RCV : 0) |
                   (no_more_send ? VIRTIO_VSOCK_SHUTDOWN_SEND : 0);
@@ -122,6 +189,7 @@ void Stream::Close() {
   on_closed = nullptr;
   on_connect_done_ = nullptr;
   pending_rx_.clear();
+  pending_msgs_.clear();
   pending_rx_bytes_ = 0;
   switch (state_) {
     case State::kEstablished:
@@ -164,6 +232,12 @@ void Stream::ResumeReading() {
 
 void Stream::DeliverPending() {
   delivering_ = true;
+  while (!paused_ && !pending_msgs_.empty() && state_ == State::kEstablished && !app_closed_) {
+    auto [msg, flags] = std::move(pending_msgs_.front());
+    pending_msgs_.pop_front();
+    pending_rx_bytes_ -= msg.size();
+    DeliverMessage(std::move(msg), flags);
+  }
   size_t consumed = 0;
   while (!paused_ && !pending_rx_.empty() && state_ == State::kEstablished && !app_closed_) {
     std::vector<uint8_t> chunk = std::move(pending_rx_.front());
@@ -220,22 +294,58 @@ void Stream::Receive(std::span<const uint8_t> payload) {
   Consumed(len);
 }
 
+void Stream::ReceiveMessagePart(uint32_t flags, std::span<const uint8_t> payload) {
+  const bool eom = (flags & VIRTIO_VSOCK_SEQ_EOM) != 0;
+  if (payload.empty() && !(eom && !rx_msg_.empty())) return;
+  uint32_t len = static_cast<uint32_t>(payload.size());
+  uint64_t in_flight = static_cast<uint32_t>(rx_cnt_ - last_fwd_cnt_sent_) + uint64_t{len};
+  if (in_flight > config_.buf_alloc) {
+    host_->CountDeviceBug(StreamHost::DeviceBug::kCreditViolation);
+  }
+  rx_cnt_ += len;
+  if (shutdown_sent_ & VIRTIO_VSOCK_SHUTDOWN_RCV) return;
+  if (pending_rx_bytes_ + rx_msg_.size() + len > config_.buf_alloc) {
+    LOG_RATELIMITED(LogLevel::kWarn, "port {}: device overran our buffer, {} bytes dropped",
+                    local_port(), len);
+    host_->CountDeviceBug(StreamHost::DeviceBug::kOverrunDrop);
+    return;
+  }
+  rx_msg_.insert(rx_msg_.end(), payload.begin(), payload.end());
+  if (!eom) return;
+  std::vector<uint8_t> msg = std::move(rx_msg_);
+  rx_msg_.clear();
+  if (paused_ || !pending_msgs_.empty() || delivering_) {
+    pending_rx_bytes_ += msg.size();
+    pending_msgs_.emplace_back(std::move(msg), flags);
+    return;
+  }
+  DeliverMessage(std::move(msg), flags);
+}
+
 void Stream::MaybeFinishAfterPeerShutdown() {
   if (state_ != State::kEstablished || app_closed_) return;
-  if ((peer_shutdown_ & VIRTIO_VSOCK_SHUTDOWN_SEND) && pending_rx_.empty() && !paused_ &&
-      !eof_delivered_) {
+  if ((peer_shutdown_ & VIRTIO_VSOCK_SHUTDOWN_SEND) && pending_rx_.empty() &&
+      pending_msgs_.empty() && !paused_ && !eof_delivered_) {
     eof_delivered_ = true;
     if (on_eof) on_eof();
     if (state_ != State::kEstablished || app_closed_) return;
   }
   // Both bits and nothing left to read: Linux answers RST and closes the socket.
-  if (peer_shutdown_ == kShutdownBoth && pending_rx_.empty()) {
+  if (peer_shutdown_ == kShutdownBoth && pending_rx_.empty() && pending_msgs_.empty()) {
     SendRst();
     Finish(OkStatus());
   }
 }
 
 void Stream::MaybeNotifyWritable() {
+  if (seqpacket()) {
+    ContinueMessage();
+    if (!write_blocked_ || message_backlog() > 0 || state_ != State::kEstablished || app_closed_)
+      return;
+    write_blocked_ = false;
+    if (on_writable) on_writable();
+    return;
+  }
   if (!write_blocked_ || state_ != State::kEstablished || app_closed_) return;
   if (peer_credit() == 0) return;
   if (host_->TxRoom() == 0) {
@@ -295,7 +405,11 @@ void Stream::OnPacket(const PacketHeader& hdr, std::span<const uint8_t> payload)
     case State::kEstablished:
       switch (hdr.op) {
         case VIRTIO_VSOCK_OP_RW:
-          Receive(payload);
+          if (seqpacket()) {
+            ReceiveMessagePart(hdr.flags, payload);
+          } else {
+            Receive(payload);
+          }
           break;
         case VIRTIO_VSOCK_OP_CREDIT_UPDATE:
           break;  // the credit fields were taken above
@@ -359,6 +473,10 @@ void Stream::Finish(Status status) {
     timer_ = 0;
   }
   pending_rx_.clear();
+  pending_msgs_.clear();
+  rx_msg_.clear();
+  out_msg_.clear();
+  out_msg_off_ = 0;
   pending_rx_bytes_ = 0;
   host_->ConnectionEnded(this);
   if (app_closed_) {

@@ -65,6 +65,7 @@ struct StreamConfig {
   uint64_t peer_cid = vsock::VMADDR_CID_HOST;
   uint32_t peer_port = 0;
   uint32_t buf_alloc = 256 * 1024;  // our receive buffer, advertised in every packet
+  uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM;  // or VIRTIO_VSOCK_TYPE_SEQPACKET
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds close_timeout{8000};  // Linux VSOCK_CLOSE_TIMEOUT
 };
@@ -89,12 +90,23 @@ class Stream {
   uint32_t peer_port() const { return config_.peer_port; }
   uint64_t peer_cid() const { return config_.peer_cid; }
   State state() const { return state_; }
+  uint16_t type() const { return config_.type; }
+  bool seqpacket() const { return config_.type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET; }
 
   // Like send(2) on a non-blocking socket: takes up to `len` bytes as RW packets of at most
   // 64 KiB, bounded by the peer's credit and by tx room. Returns the bytes taken; when that is
   // less than `len`, on_writable fires once more fits. 0 also after Shutdown(_, true), on a
   // connection that is not established, or after Close().
   size_t Write(const void* data, size_t len);
+  // SEQPACKET only (Linux 6.1 virtio_transport_seqpacket_enqueue): queues one message, sent
+  // as RW packets of at most 64 KiB as credit and tx room allow, VIRTIO_VSOCK_SEQ_EOM on the
+  // last (and VIRTIO_VSOCK_SEQ_EOR with eor, as MSG_EOR). EMSGSIZE when larger than the
+  // peer's buf_alloc (Linux's limit), EAGAIN while the previous message is still going out
+  // (on_writable fires when it is done), ENOTCONN / EPIPE / EINVAL as send(2) would.
+  // Empty messages are accepted and send nothing (Linux sends nothing either).
+  Status WriteMessage(std::span<const uint8_t> message, bool eor = false);
+  // Bytes of the message being sent that are not out yet.
+  size_t message_backlog() const { return out_msg_.size() - out_msg_off_; }
   // SHUTDOWN with the RCV and/or SEND bits (sticky; bits already sent are not resent).
   void Shutdown(bool no_more_receive, bool no_more_send);
   // Like close(2): SHUTDOWN(RCV|SEND), then the connection lingers until the peer's RST (or
@@ -107,7 +119,13 @@ class Stream {
   bool reading_paused() const { return paused_; }
 
   // Data in order. The bytes count as consumed (fwd_cnt advances) when the callback returns.
+  // STREAM only.
   std::function<void(std::span<const uint8_t>)> on_data;
+  // SEQPACKET only: one whole message (fragments up to EOM reassembled) and the flags of its
+  // last packet (VIRTIO_VSOCK_SEQ_EOM, and VIRTIO_VSOCK_SEQ_EOR if the sender set it). It
+  // counts as consumed when the callback returns; like Linux we then send CREDIT_UPDATE (a
+  // sender blocked on a partly-sent message would otherwise wait forever).
+  std::function<void(std::span<const uint8_t>, uint32_t flags)> on_message;
   // The peer sent SHUTDOWN(SEND) and everything before it was delivered.
   std::function<void()> on_eof;
   // Write() returned less than asked and now more fits.
@@ -143,11 +161,14 @@ class Stream {
   void SendOp(uint16_t op, uint32_t flags = 0);
   void SendRst();
   void Receive(std::span<const uint8_t> payload);
+  void ReceiveMessagePart(uint32_t flags, std::span<const uint8_t> payload);
   void Consumed(size_t bytes);
   void MaybeSendCreditUpdate();
   void DeliverPending();
   void MaybeFinishAfterPeerShutdown();
   void MaybeNotifyWritable();
+  void ContinueMessage();
+  void DeliverMessage(std::vector<uint8_t> message, uint32_t flags);
   void Finish(Status status);
 
   StreamHost* host_;
@@ -170,6 +191,14 @@ class Stream {
 
   uint32_t shutdown_sent_ = 0;  // VIRTIO_VSOCK_SHUTDOWN_* bits we sent
   uint32_t peer_shutdown_ = 0;  // bits the peer sent (sticky)
+
+  // SEQPACKET: the message going out, and the one being reassembled.
+  std::vector<uint8_t> out_msg_;
+  size_t out_msg_off_ = 0;
+  bool out_eor_ = false;
+  std::vector<uint8_t> rx_msg_;
+  // SEQPACKET while paused: whole messages with their flags.
+  std::deque<std::pair<std::vector<uint8_t>, uint32_t>> pending_msgs_;
 
   std::deque<std::vector<uint8_t>> pending_rx_;  // received while paused
   size_t pending_rx_bytes_ = 0;

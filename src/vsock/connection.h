@@ -66,7 +66,9 @@
 
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -87,6 +89,8 @@ class ByteQueue {
   const uint8_t* data() const { return data_.data() + head_; }
   void Append(const void* p, size_t n);
   void Consume(size_t n);
+  // Drops the last n bytes (an incomplete seqpacket message that can never complete).
+  void DropTail(size_t n) { data_.resize(data_.size() - std::min(n, size())); }
   void Clear() {
     data_.clear();
     data_.shrink_to_fit();
@@ -139,6 +143,7 @@ class Connection {
   ConnKey key() const { return MakeKey(info_.guest_port, info_.host_cid, info_.host_port); }
   const ConnectionInfo& info() const { return info_; }
   ConnState state() const { return state_; }
+  bool seqpacket() const { return info_.type == VIRTIO_VSOCK_TYPE_SEQPACKET; }
   void set_state(ConnState s) { state_ = s; }
 
   // --- Credit -------------------------------------------------------------------------
@@ -182,7 +187,7 @@ class Connection {
     h.dst_cid = info_.guest_cid;
     h.dst_port = info_.guest_port;
     h.len = len;
-    h.type = VIRTIO_VSOCK_TYPE_STREAM;
+    h.type = info_.type;
     h.op = op;
     h.flags = flags;
     h.buf_alloc = buf_alloc_;
@@ -221,10 +226,11 @@ class Connection {
   bool WantsRx() const {
     if (pending_ctrl != 0) return true;
     if (state_ != ConnState::kEstablished) return false;
-    if (prefix_pending() || HostReadWanted()) return PeerFree() > 0;
+    if (prefix_pending() || out_msg_pending() || HostReadWanted()) return PeerFree() > 0;
     return false;
   }
   bool prefix_pending() const { return prefix_off < prefix.size(); }
+  bool out_msg_pending() const { return out_msg_off < out_msg.size(); }
   bool HostReadWanted() const {
     return host_fd.valid() && host_readable && !host_eof && !guest_receives_no_more();
   }
@@ -255,6 +261,23 @@ class Connection {
   ByteQueue buffer;
 
   bool in_rx_queue = false;
+
+  // --- SEQPACKET (see device.cc, "SEQPACKET") ------------------------------------------
+  // Guest -> host: `buffer` holds the complete messages listed here, oldest first, then
+  // `partial_bytes` of the message being assembled (its fragments so far, before EOM).
+  struct GuestMessage {
+    uint32_t len = 0;
+    bool eor = false;  // the guest's last fragment carried VIRTIO_VSOCK_SEQ_EOR
+  };
+  std::deque<GuestMessage> messages;
+  uint32_t partial_bytes = 0;
+  // Host -> guest: the message read from the host socket and not sent in full yet; bytes
+  // [out_msg_off, size) are still to go, the packet carrying the last one gets EOM.
+  std::vector<uint8_t> out_msg;
+  size_t out_msg_off = 0;
+  bool out_msg_eor = false;  // out_msg's last packet also gets VIRTIO_VSOCK_SEQ_EOR
+  // HostStream::message_flags: host records carry a trailing flags byte (both ways).
+  bool host_msg_flags = false;
 
   std::unique_ptr<PendingConnect> host_connect;  // kConnectingHost
   uint64_t guest_connect_id = 0;                 // kConnectingGuest (0: none)

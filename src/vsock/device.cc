@@ -11,6 +11,35 @@
 //              sends queued RSTs, then serves a FIFO of connections: control packets, then
 //              data read into as many rx buffers as credit allows (one readv into one
 //              buffer, then, if it filled, one sized by FIONREAD).
+//
+// SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET; Linux net/vmw_vsock/virtio_transport_common.c, 6.1):
+//   A message is a run of RW packets of one connection; the packet carrying its last byte has
+//   VIRTIO_VSOCK_SEQ_EOM, and also VIRTIO_VSOCK_SEQ_EOR when the sender passed MSG_EOR.
+//   Credit is counted in bytes exactly as for streams.
+//   guest -> host: fragments are copied into the connection's buffer (no zero-copy: the
+//     message must reach the host in one sendmsg, and its fragments arrive in different
+//     batches); on EOM the whole message goes to the host SOCK_SEQPACKET socket in one
+//     sendmsg (MSG_EOR passed along when the guest set EOR; AF_UNIX accepts and ignores it,
+//     so what the host sees is the boundary, not the EOR bit). Linux's sender refuses a
+//     message larger than our buf_alloc (EMSGSIZE) and sends fragments only as credit
+//     allows, so a message always fits our buffer; a guest that exceeds credit is reset as
+//     for streams. The host socket's SO_SNDBUF is raised so that a buf_alloc-sized message
+//     fits; if sendmsg still says EMSGSIZE the connection is reset. A partial message left
+//     when the guest sends SHUTDOWN(SEND) can never complete: it is dropped.
+//   host -> guest: the next message's size is peeked (MSG_PEEK | MSG_TRUNC), the message is
+//     read whole into out_msg and sent as RW fragments (one per rx buffer, as credit allows,
+//     Linux's sender does the same), EOM on the last, never EOR (AF_UNIX recvmsg never
+//     reports MSG_EOR). A message larger than min(the guest's buf_alloc, our buf_alloc)
+//     cannot be delivered (a Linux receiver only hands out complete messages, so it would
+//     wait forever for credit): the connection is reset (RST to the guest, host socket
+//     closed). A truncated read cannot happen (the buffer is the peeked size); if it did, the
+//     connection is reset too. Empty host messages are dropped (vsock has none).
+//   EOR between two guests (HostStream::message_flags, the sibling bridge): each record on
+//     the host socket is the message plus one trailing byte of its VIRTIO_VSOCK_SEQ_* flags,
+//     both ways, so guest B sees guest A's EOR (Linux 6.1 reports it as MSG_EOR; vsock_test
+//     "SOCK_SEQPACKET msg bounds" checks it). The byte is not payload: credit and the size
+//     limit count the message only.
+//
 // No rx chain is held across calls: every chain popped is pushed or un-popped before RunRx
 // returns, so QueueStopped() (GET_VRING_BASE) always sees a consistent last_avail_idx.
 #include "vsock/device.h"
@@ -133,6 +162,7 @@ class Device::Impl {
     uint64_t f = 1ull << virtio::VIRTIO_F_VERSION_1;
     if (opts_.offer_event_idx) f |= 1ull << virtio::VIRTIO_RING_F_EVENT_IDX;
     if (opts_.offer_indirect) f |= 1ull << virtio::VIRTIO_RING_F_INDIRECT_DESC;
+    if (opts_.offer_seqpacket) f |= 1ull << VIRTIO_VSOCK_F_SEQPACKET;
     return f;
   }
 
@@ -146,6 +176,16 @@ class Device::Impl {
   }
 
   void SetAckedFeatures(uint64_t features) { acked_features_ = features; }
+
+  bool seqpacket_negotiated() const {
+    return opts_.offer_seqpacket && (acked_features_ & (1ull << VIRTIO_VSOCK_F_SEQPACKET)) != 0;
+  }
+
+  // A type a connection may have: STREAM, or SEQPACKET once negotiated.
+  bool TypeAllowed(uint16_t type) const {
+    return type == VIRTIO_VSOCK_TYPE_STREAM ||
+           (type == VIRTIO_VSOCK_TYPE_SEQPACKET && seqpacket_negotiated());
+  }
 
   void QueueStarted(uint32_t index, virtio::SplitQueue* queue, bool driver_reset) {
     if (driver_reset) {
@@ -190,7 +230,11 @@ class Device::Impl {
     tx_blocked_ = false;
   }
 
-  Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done) {
+  Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done, uint16_t type) {
+    if (!TypeAllowed(type)) {
+      return MakeError(EPROTONOSUPPORT, "vsock cid {}: socket type {} not negotiated",
+                       opts_.guest_cid, type);
+    }
     if (conns_.size() >= opts_.max_connections) {
       return MakeError(EAGAIN, "vsock cid {}: connection limit ({}) reached", opts_.guest_cid,
                        opts_.max_connections);
@@ -208,11 +252,16 @@ class Device::Impl {
     if (host_port == 0)
       return MakeError(EADDRINUSE, "no free host port for guest port {}", guest_port);
     return StartGuestConnect(
-        ConnectionInfo{opts_.guest_cid, guest_port, VMADDR_CID_HOST, host_port}, std::move(done));
+        ConnectionInfo{opts_.guest_cid, guest_port, VMADDR_CID_HOST, host_port, type},
+        std::move(done));
   }
 
   Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
-                                      GuestConnectDone done) {
+                                      GuestConnectDone done, uint16_t type) {
+    if (!TypeAllowed(type)) {
+      return MakeError(EPROTONOSUPPORT, "vsock cid {}: socket type {} not negotiated",
+                       opts_.guest_cid, type);
+    }
     if (!IsValidGuestCid(peer_cid) || peer_cid == opts_.guest_cid) {
       return MakeError(EINVAL, "vsock cid {}: {} cannot be a sibling peer CID", opts_.guest_cid,
                        peer_cid);
@@ -225,7 +274,7 @@ class Device::Impl {
       return MakeError(EADDRINUSE, "vsock cid {}: {}:{} -> guest port {} already exists",
                        opts_.guest_cid, peer_cid, peer_port, guest_port);
     }
-    return StartGuestConnect(ConnectionInfo{opts_.guest_cid, guest_port, peer_cid, peer_port},
+    return StartGuestConnect(ConnectionInfo{opts_.guest_cid, guest_port, peer_cid, peer_port, type},
                              std::move(done));
   }
 
@@ -311,7 +360,9 @@ class Device::Impl {
   // everything the guest sent, then EOF. Bounded by kLingerTimeout and by the connection's
   // buffer (at most its buf_alloc).
   void LingerHost(Connection* conn) {
-    if (!conn->host_fd.valid() || conn->buffer.empty()) return;
+    // A seqpacket buffer holds messages, not a byte stream: not worth lingering for (the
+    // guest is gone; its queued messages are dropped with the connection).
+    if (!conn->host_fd.valid() || conn->buffer.empty() || conn->seqpacket()) return;
     if (conn->host_registered) {
       loop_->Remove(conn->host_fd.get());
       conn->host_registered = false;
@@ -379,6 +430,11 @@ class Device::Impl {
     conn->pending_iov.clear();
     conn->pending_bytes = 0;
     conn->in_flush_list = false;
+    conn->messages.clear();
+    conn->partial_bytes = 0;
+    conn->out_msg.clear();
+    conn->out_msg.shrink_to_fit();
+    conn->out_msg_off = 0;
   }
 
   // A PendingConnect may be the object whose callback is running: destroy it later.
@@ -457,9 +513,21 @@ class Device::Impl {
     int type = SOCK_STREAM;
     socklen_t type_len = sizeof type;
     // Not a socket (a pipe): a byte stream too.
-    if (::getsockopt(stream.fd.get(), SOL_SOCKET, SO_TYPE, &type, &type_len) == 0) {
-      conn->host_records = type != SOCK_STREAM;
+    bool is_socket = ::getsockopt(stream.fd.get(), SOL_SOCKET, SO_TYPE, &type, &type_len) == 0;
+    if (is_socket) conn->host_records = type != SOCK_STREAM;
+    if (conn->seqpacket()) {
+      // Message boundaries need a message socket on the host side too.
+      if (!is_socket || type != SOCK_SEQPACKET) {
+        LOG_WARN("vsock: host side of a SEQPACKET connection is not a SOCK_SEQPACKET socket");
+        return false;
+      }
+      // AF_UNIX refuses (EMSGSIZE) a message larger than its send buffer: make room for the
+      // largest message the guest may send, buf_alloc (the kernel doubles the value, capped
+      // by net.core.wmem_max).
+      int sndbuf = static_cast<int>(std::min<uint32_t>(opts_.buf_alloc, INT_MAX / 2 - 4096)) + 4096;
+      (void)::setsockopt(stream.fd.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
     }
+    conn->host_msg_flags = conn->seqpacket() && stream.message_flags;
     conn->host_fd = std::move(stream.fd);
     conn->prefix = std::move(stream.prefix);
     conn->prefix_off = 0;
@@ -576,6 +644,14 @@ class Device::Impl {
   // After the guest's SHUTDOWN: half-close the host once its data is there; free the
   // connection when the guest closed both ways. Returns false if the connection was freed.
   bool MaybeFinishGuestSend(Connection* conn) {
+    if (conn->state() == ConnState::kClosing && conn->guest_fully_shut()) {
+      // We already shut down (the host went away) and waited for the guest's RST; its own
+      // SHUTDOWN of both directions (it closed meanwhile) ends it now, as the kernel's host
+      // side does: a Linux guest that closes waits for our RST (up to 8 s) before it frees
+      // the socket.
+      FreeConnection(conn, /*send_rst=*/true);
+      return false;
+    }
     if (conn->state() != ConnState::kEstablished || !conn->guest_sends_no_more()) return true;
     if (!conn->guest_data_drained()) {
       // A host that never reads must not pin the connection forever.
@@ -699,8 +775,8 @@ class Device::Impl {
     // The destination may be the host or another VM: the backend decides whether that peer
     // exists and may be reached (an unknown or forbidden CID fails the connect: RST). CIDs
     // nobody can be (0, 1, our own, VMADDR_CID_ANY, above 32 bits) are refused here.
-    if (!IsRoutablePeer(h.dst_cid) || h.type != VIRTIO_VSOCK_TYPE_STREAM ||
-        h.op == VIRTIO_VSOCK_OP_INVALID || h.op > VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
+    if (!IsRoutablePeer(h.dst_cid) || !TypeAllowed(h.type) || h.op == VIRTIO_VSOCK_OP_INVALID ||
+        h.op > VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
       LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: refused tx packet: {}", opts_.guest_cid,
                       DescribeHeader(h));
       ReplyRst(h);
@@ -714,6 +790,10 @@ class Device::Impl {
                 DescribeHeader(h));
       ReplyRst(h);
       return;
+    }
+    if (h.type != conn->info().type) {
+      if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+      return Violation(conn, h, "packet type differs from the connection's");
     }
     conn->UpdatePeerCredit(h);
     switch (conn->state()) {
@@ -735,6 +815,10 @@ class Device::Impl {
         return Violation(conn, h, "unexpected packet while connecting to the guest");
       case ConnState::kClosing:
         if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+        if (h.op == VIRTIO_VSOCK_OP_SHUTDOWN) {
+          conn->AddPeerShutdown(h.flags);
+          (void)MaybeFinishGuestSend(conn);  // both directions shut: RST now
+        }
         return;  // waiting for the guest's RST; data and credit are moot
       case ConnState::kEstablished:
         break;
@@ -756,6 +840,7 @@ class Device::Impl {
         break;
       case VIRTIO_VSOCK_OP_SHUTDOWN:
         conn->AddPeerShutdown(h.flags);
+        if (conn->guest_sends_no_more()) DropPartialMessage(conn);
         if (!MaybeFinishGuestSend(conn)) return;
         break;
     }
@@ -769,7 +854,7 @@ class Device::Impl {
       ReplyRst(h);
       return;
     }
-    ConnectionInfo info{opts_.guest_cid, h.src_port, h.dst_cid, h.dst_port};
+    ConnectionInfo info{opts_.guest_cid, h.src_port, h.dst_cid, h.dst_port, h.type};
     Connection* conn = AddConnection(info, ConnState::kConnectingHost);
     conn->UpdatePeerCredit(h);
     ConnKey key = conn->key();
@@ -811,7 +896,10 @@ class Device::Impl {
 
   // Returns false if the connection was freed.
   bool HandleRw(Connection* conn, const PacketHeader& h, const DescChain& chain) {
-    if (h.len == 0) return true;
+    // An empty RW carries nothing, except an EOM that ends a seqpacket message.
+    const bool ends_message =
+        conn->seqpacket() && (h.flags & VIRTIO_VSOCK_SEQ_EOM) != 0 && conn->partial_bytes > 0;
+    if (h.len == 0 && !ends_message) return true;
     if (conn->guest_sends_no_more()) {
       Drop("RW after SHUTDOWN(SEND)", &h);
       return true;
@@ -824,10 +912,24 @@ class Device::Impl {
       FreeConnection(conn, /*send_rst=*/true);
       return false;
     }
-    size_t got = SliceIov(chain.readable, kHeaderSize, h.len, &conn->pending_iov, SIZE_MAX);
-    conn->pending_bytes += got;
     conn->OnReceivedFromGuest(h.len);
     stats_.tx_bytes += h.len;
+    if (conn->seqpacket()) {
+      // Copied: the message goes to the host in one sendmsg once its EOM arrives, and its
+      // fragments' chains are returned batch by batch.
+      seq_scratch_.resize(h.len);
+      CopyFromIov(chain.readable, kHeaderSize, seq_scratch_.data(), h.len);
+      conn->buffer.Append(seq_scratch_.data(), h.len);
+      stats_.buffered_bytes += h.len;
+      conn->partial_bytes += h.len;
+      if ((h.flags & VIRTIO_VSOCK_SEQ_EOM) == 0) return true;
+      conn->messages.push_back(
+          Connection::GuestMessage{conn->partial_bytes, (h.flags & VIRTIO_VSOCK_SEQ_EOR) != 0});
+      conn->partial_bytes = 0;
+    } else {
+      size_t got = SliceIov(chain.readable, kHeaderSize, h.len, &conn->pending_iov, SIZE_MAX);
+      conn->pending_bytes += got;
+    }
     if (!conn->in_flush_list) {
       conn->in_flush_list = true;
       flush_keys_.push_back(conn->key());
@@ -848,6 +950,7 @@ class Device::Impl {
   // One writev of (buffer, then this batch's iovecs); what the host did not take is copied
   // into the buffer. Returns false if the connection was freed (host write error).
   bool FlushToHost(Connection* conn) {
+    if (conn->seqpacket()) return FlushMessagesToHost(conn);
     size_t written = 0;
     const size_t total = conn->buffer.size() + conn->pending_bytes;
     if (total > 0 && conn->host_writable && conn->host_fd.valid()) {
@@ -912,6 +1015,60 @@ class Device::Impl {
       MaybeCreditUpdate(conn);
     }
     return MaybeFinishGuestSend(conn);
+  }
+
+  // Seqpacket: one sendmsg per complete message (all or nothing on AF_UNIX SOCK_SEQPACKET).
+  // Returns false if the connection was freed.
+  bool FlushMessagesToHost(Connection* conn) {
+    uint32_t written = 0;
+    while (!conn->messages.empty() && conn->host_writable && conn->host_fd.valid()) {
+      const Connection::GuestMessage m = conn->messages.front();
+      // With host_msg_flags the record ends with the message's flags byte.
+      uint8_t trailer =
+          static_cast<uint8_t>(VIRTIO_VSOCK_SEQ_EOM | (m.eor ? VIRTIO_VSOCK_SEQ_EOR : 0));
+      iovec v[2] = {{const_cast<uint8_t*>(conn->buffer.data()), m.len}, {&trailer, 1}};
+      const size_t record = m.len + (conn->host_msg_flags ? 1 : 0);
+      msghdr msg{};
+      msg.msg_iov = v;
+      msg.msg_iovlen = conn->host_msg_flags ? 2 : 1;
+      int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (m.eor ? MSG_EOR : 0);
+      ssize_t n = ::sendmsg(conn->host_fd.get(), &msg, flags);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        conn->host_writable = false;
+        break;
+      }
+      if (n != static_cast<ssize_t>(record)) {
+        LOG_RATELIMITED(LogLevel::kWarn,
+                        "vsock cid {}: guest port {}: host refused a {}-byte message ({}), "
+                        "resetting",
+                        opts_.guest_cid, conn->info().guest_port, m.len,
+                        n < 0 ? std::strerror(errno) : "short write");
+        FreeConnection(conn, /*send_rst=*/true);
+        return false;
+      }
+      conn->buffer.Consume(m.len);
+      stats_.buffered_bytes -= m.len;
+      conn->messages.pop_front();
+      written += m.len;
+    }
+    if (written > 0) {
+      conn->OnForwardedToHost(written);
+      MaybeCreditUpdate(conn);
+    }
+    return MaybeFinishGuestSend(conn);
+  }
+
+  // The guest will send no more: a message without its EOM never completes. Its bytes count
+  // as consumed so credit stays consistent.
+  void DropPartialMessage(Connection* conn) {
+    if (!conn->seqpacket() || conn->partial_bytes == 0) return;
+    LOG_DEBUG("vsock cid {}: guest port {}: dropping {} bytes of an unfinished message",
+              opts_.guest_cid, conn->info().guest_port, conn->partial_bytes);
+    conn->buffer.DropTail(conn->partial_bytes);
+    stats_.buffered_bytes -= conn->partial_bytes;
+    conn->OnForwardedToHost(conn->partial_bytes);
+    conn->partial_bytes = 0;
   }
 
   ssize_t WriteHost(Connection* conn, const iovec* iov, size_t cnt) {
@@ -1045,8 +1202,8 @@ class Device::Impl {
       conn->pending_ctrl &= ~Connection::kCtrlResponse;
     }
     if (conn->state() == ConnState::kEstablished && conn->PeerFree() > 0 &&
-        (conn->prefix_pending() || conn->HostReadWanted())) {
-      Served r = SendData(conn);
+        (conn->prefix_pending() || conn->out_msg_pending() || conn->HostReadWanted())) {
+      Served r = conn->seqpacket() ? SendMessages(conn) : SendData(conn);
       if (r != Served::kDone) return r;
     }
     if (conn->pending_ctrl & Connection::kCtrlShutdown) {
@@ -1203,6 +1360,130 @@ class Device::Impl {
     return Served::kDone;
   }
 
+  // Seqpacket host -> guest: reads the next host message into out_msg when none is pending
+  // (false: nothing to send now, or the connection was freed / hit EOF: see *served).
+  bool ReadHostMessage(Connection* conn, Served* served) {
+    *served = Served::kDone;
+    for (;;) {
+      ssize_t size = ::recv(conn->host_fd.get(), nullptr, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+      if (size < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          conn->host_readable = false;
+          return false;
+        }
+        LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
+                  std::strerror(errno));
+        FreeConnection(conn, /*send_rst=*/true);
+        *served = Served::kFreed;
+        return false;
+      }
+      if (size == 0) {
+        // EOF, or an empty message (which vsock cannot carry). Once the peer shut down
+        // (RDHUP) treat it as EOF; before, consume one empty message and look again while
+        // bytes are queued.
+        if (conn->host_rdhup) {
+          OnHostEof(conn);
+          return false;
+        }
+        char dummy;
+        (void)::recv(conn->host_fd.get(), &dummy, 0, MSG_DONTWAIT);
+        int queued = 0;
+        if (::ioctl(conn->host_fd.get(), FIONREAD, &queued) == 0 && queued > 0) continue;
+        conn->host_readable = false;
+        return false;
+      }
+      const uint64_t limit = std::min(conn->peer_buf_alloc(), opts_.buf_alloc);
+      // The flags trailer is not payload (and a record of just a trailer is an empty message:
+      // dropped below).
+      const uint64_t trailer = conn->host_msg_flags ? 1 : 0;
+      if (static_cast<uint64_t>(size) - trailer > limit) {
+        LOG_RATELIMITED(LogLevel::kWarn,
+                        "vsock cid {}: guest port {}: host message of {} bytes exceeds the "
+                        "limit {} (guest buf_alloc {}, ours {}), resetting",
+                        opts_.guest_cid, conn->info().guest_port, size, limit,
+                        conn->peer_buf_alloc(), opts_.buf_alloc);
+        FreeConnection(conn, /*send_rst=*/true);
+        *served = Served::kFreed;
+        return false;
+      }
+      conn->out_msg.resize(static_cast<size_t>(size));
+      conn->out_msg_off = 0;
+      iovec v{conn->out_msg.data(), conn->out_msg.size()};
+      msghdr msg{};
+      msg.msg_iov = &v;
+      msg.msg_iovlen = 1;
+      ssize_t got;
+      do {
+        got = ::recvmsg(conn->host_fd.get(), &msg, MSG_DONTWAIT);
+      } while (got < 0 && errno == EINTR);
+      if (got != size || (msg.msg_flags & MSG_TRUNC) != 0) {
+        LOG_WARN("vsock: guest port {}: host message read failed or truncated ({} of {})",
+                 conn->info().guest_port, got, size);
+        FreeConnection(conn, /*send_rst=*/true);
+        *served = Served::kFreed;
+        return false;
+      }
+      conn->out_msg_eor = false;
+      if (conn->host_msg_flags) {
+        conn->out_msg_eor = (conn->out_msg.back() & VIRTIO_VSOCK_SEQ_EOR) != 0;
+        conn->out_msg.pop_back();
+        if (conn->out_msg.empty()) continue;  // an empty message: vsock cannot carry it
+      }
+      return true;
+    }
+  }
+
+  // Seqpacket host -> guest: sends out_msg (reading host messages as needed) as RW fragments,
+  // one per rx buffer, as credit allows, EOM on the packet with a message's last byte.
+  Served SendMessages(Connection* conn) {
+    size_t chains = 0;
+    size_t bytes = 0;
+    while (chains < kTurnChains && bytes < kTurnBytes) {
+      if (!conn->out_msg_pending()) {
+        if (!conn->HostReadWanted()) break;
+        Served served;
+        if (!ReadHostMessage(conn, &served)) return served;
+      }
+      uint32_t credit = conn->PeerFree();
+      if (credit == 0) break;
+      DescChain& ch = rx_pool_[0];
+      bool usable = false;
+      for (;;) {
+        PopResult r = rxq_->Pop(&ch);
+        if (r == PopResult::kEmpty) return Served::kStarved;
+        if (r == PopResult::kBroken) {
+          RxUsable();
+          return Served::kStarved;
+        }
+        usable = r == PopResult::kOk && ch.readable_bytes == 0 && ch.writable_bytes > kHeaderSize;
+        if (usable) break;
+        LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
+                        opts_.guest_cid);
+        rxq_->PushUsed(ch.head, 0);
+      }
+      size_t left = conn->out_msg.size() - conn->out_msg_off;
+      size_t len = std::min<size_t>(
+          {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, static_cast<size_t>(credit), left});
+      CopyToIov(ch.writable, kHeaderSize, conn->out_msg.data() + conn->out_msg_off, len);
+      conn->out_msg_off += len;
+      bool last = !conn->out_msg_pending();
+      uint32_t n = static_cast<uint32_t>(len);
+      uint32_t flags = 0;
+      if (last) flags = VIRTIO_VSOCK_SEQ_EOM | (conn->out_msg_eor ? VIRTIO_VSOCK_SEQ_EOR : 0);
+      WriteHeader(ch, conn->MakeHeader(VIRTIO_VSOCK_OP_RW, flags, n), n);
+      conn->OnSentToGuest(n);
+      stats_.rx_bytes += n;
+      ++chains;
+      bytes += len;
+      if (last) {
+        conn->out_msg.clear();
+        conn->out_msg_off = 0;
+      }
+    }
+    return Served::kDone;
+  }
+
   EventLoop* loop_;
   HostBackend* backend_;
   DeviceOptions opts_;
@@ -1241,6 +1522,7 @@ class Device::Impl {
   std::vector<DescChain> rx_pool_;
   std::vector<size_t> rx_caps_;
   std::vector<iovec> rx_iov_;
+  std::vector<uint8_t> seq_scratch_;
 };
 
 Device::Device(EventLoop* loop, HostBackend* backend, DeviceOptions options)
@@ -1258,13 +1540,15 @@ void Device::QueueStarted(uint32_t index, virtio::SplitQueue* queue, bool driver
 void Device::QueueStopped(uint32_t index) { impl_->QueueStopped(index); }
 void Device::QueueKicked(uint32_t index) { impl_->QueueKicked(index); }
 void Device::FrontendGone() { impl_->FrontendGone(); }
-Result<uint64_t> Device::ConnectToGuest(uint32_t guest_port, GuestConnectDone done) {
-  return impl_->ConnectToGuest(guest_port, std::move(done));
+Result<uint64_t> Device::ConnectToGuest(uint32_t guest_port, GuestConnectDone done, uint16_t type) {
+  return impl_->ConnectToGuest(guest_port, std::move(done), type);
 }
 Result<uint64_t> Device::ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port,
-                                            uint32_t guest_port, GuestConnectDone done) {
-  return impl_->ConnectToGuestFrom(peer_cid, peer_port, guest_port, std::move(done));
+                                            uint32_t guest_port, GuestConnectDone done,
+                                            uint16_t type) {
+  return impl_->ConnectToGuestFrom(peer_cid, peer_port, guest_port, std::move(done), type);
 }
+bool Device::seqpacket_negotiated() const { return impl_->seqpacket_negotiated(); }
 void Device::CancelConnectToGuest(uint64_t id) { impl_->CancelConnectToGuest(id); }
 uint64_t Device::guest_cid() const { return impl_->guest_cid(); }
 const DeviceStats& Device::stats() const { return impl_->stats(); }

@@ -22,6 +22,12 @@
 //  - half-close both ways (SHUTDOWN SEND <-> shutdown(SHUT_WR) / EOF);
 //  - bounded memory per connection (at most buf_alloc of guest data buffered for a slow host
 //    reader; host data is read straight into guest rx buffers, only as credit allows);
+//  - SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET, offered unless DeviceOptions.offer_seqpacket is
+//    false): a guest REQUEST of type SEQPACKET is accepted only when the guest acked the
+//    feature (else RST, type echoed); each guest message (RW fragments up to EOM) reaches the
+//    host SOCK_SEQPACKET socket as one sendmsg, each host recvmsg reaches the guest as one
+//    message (RW fragments, EOM on the last). The rules (sizes, truncation, EOR) are in
+//    device.cc's "SEQPACKET" comment;
 //  - coalescing: consecutive RW packets of a connection go to the host in one writev, and
 //    host data is read with few readvs (a probe into one buffer, then one sized by FIONREAD)
 //    across as many rx buffers as credit allows.
@@ -37,6 +43,7 @@
 #include "base/result.h"
 #include "virtio/virtio_device.h"
 #include "vsock/host_backend.h"
+#include "vsock/packet.h"
 
 namespace vsockd::vsock {
 
@@ -54,6 +61,9 @@ struct DeviceOptions {
   // Offer VIRTIO_RING_F_INDIRECT_DESC / VIRTIO_RING_F_EVENT_IDX.
   bool offer_indirect = true;
   bool offer_event_idx = true;
+  // Offer VIRTIO_VSOCK_F_SEQPACKET (message sockets; needs a backend that bridges them to
+  // SOCK_SEQPACKET host sockets, as host::UnixBackend does).
+  bool offer_seqpacket = true;
 };
 
 struct DeviceStats {
@@ -90,14 +100,20 @@ class Device : public virtio::VirtioDevice {
   //    (the device then resets the guest side);
   //  - with an error when the guest refuses (ECONNREFUSED), does not answer (ETIMEDOUT) or
   //    the device goes away (ECONNRESET); its return value is then ignored.
+  // `type` VIRTIO_VSOCK_TYPE_SEQPACKET needs the feature negotiated (EPROTONOSUPPORT
+  // otherwise, and for any other type) and a SOCK_SEQPACKET stream from `done`.
   using GuestConnectDone = std::function<std::optional<HostStream>(Result<uint32_t>)>;
-  Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done);
+  Result<uint64_t> ConnectToGuest(uint32_t guest_port, GuestConnectDone done,
+                                  uint16_t type = VIRTIO_VSOCK_TYPE_STREAM);
   // The same for a peer other than the host (a sibling VM, routed by the daemon): the guest
   // sees a REQUEST from (peer_cid, peer_port), and `done` gets Ok(peer_port). EINVAL for a
   // peer_cid that is not a valid guest CID or is our own, EADDRINUSE when that connection
   // already exists, EAGAIN at the connection limit. Cancel with CancelConnectToGuest.
   Result<uint64_t> ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_port, uint32_t guest_port,
-                                      GuestConnectDone done);
+                                      GuestConnectDone done,
+                                      uint16_t type = VIRTIO_VSOCK_TYPE_STREAM);
+  // Whether the guest acked VIRTIO_VSOCK_F_SEQPACKET (and we offered it).
+  bool seqpacket_negotiated() const;
   // Abandons a pending ConnectToGuest (the host peer went away); `done` is not called.
   void CancelConnectToGuest(uint64_t id);
 

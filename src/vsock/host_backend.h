@@ -17,6 +17,7 @@
 
 #include "base/fd.h"
 #include "base/result.h"
+#include "vsock/packet.h"
 
 namespace vsockd::vsock {
 
@@ -26,13 +27,24 @@ struct ConnectionInfo {
   uint32_t guest_port = 0;
   uint64_t host_cid = 2;  // VMADDR_CID_HOST (sibling VMs later)
   uint32_t host_port = 0;
+  // VIRTIO_VSOCK_TYPE_STREAM or VIRTIO_VSOCK_TYPE_SEQPACKET (only when the guest negotiated
+  // VIRTIO_VSOCK_F_SEQPACKET). A backend must bridge a SEQPACKET connection to a
+  // SOCK_SEQPACKET socket: the device keeps message boundaries by doing one sendmsg per
+  // guest message and one recvmsg per host message.
+  uint16_t type = VIRTIO_VSOCK_TYPE_STREAM;
 };
 
 // A host stream ready to carry a connection's bytes.
 struct HostStream {
-  Fd fd;               // connected stream socket; the device makes it non-blocking
+  Fd fd;               // connected stream socket (SOCK_SEQPACKET for a SEQPACKET connection);
+                       // the device makes it non-blocking
   std::string prefix;  // bytes already read from fd that belong to the guest, sent first
                        // (hybrid: payload that followed "CONNECT <port>\n" in one write)
+  // SEQPACKET only: every record on fd, both ways, ends with one byte of the message's
+  // VIRTIO_VSOCK_SEQ_* flags (EOR). Set by host::SiblingRouter for its device <-> device
+  // bridge, where the peer guest must see MSG_EOR and AF_UNIX cannot carry it; plain host
+  // peers see bare messages.
+  bool message_flags = false;
 };
 
 // Destroying it cancels the connect; the callback is then never called.

@@ -881,6 +881,18 @@ std::optional<vsock::Address> AddressArg(const Args& a, UsageError& err) {
   return ParseAddress(a.positional()[0], err);
 }
 
+// Connects one client session to `addr` and runs it to its end (send, recv); returns the
+// milliseconds that took.
+int64_t RunClient(Session& s, const Common& c, const vsock::Address& addr) {
+  Loop loop(c.idle);
+  loop.connect_to = addr;
+  loop.connect_timeout = c.timeout;
+  loop.Add(&s);
+  auto start = Clock::now();
+  loop.Run();
+  return MsSince(start);
+}
+
 int CmdSend(const Args& a, UsageError& err) {
   Common c;
   if (!ParseCommon(a, c, 1, false, err)) return 2;
@@ -908,16 +920,11 @@ int CmdSend(const Args& a, UsageError& err) {
   }
   spec.expect_no_rx = expect == "none";
   Session s(0, spec);
-  Loop loop(c.idle);
-  loop.connect_to = *addr;
-  loop.connect_timeout = c.timeout;
-  loop.Add(&s);
-  auto start = Clock::now();
-  loop.Run();
+  int64_t ms = RunClient(s, c, *addr);
   if (s.failed()) return Fail(s.failure());
   Out("ok sent=" + std::to_string(s.tx().count()) + " sent_fnv=" + Hex(s.tx().hash()) +
       " received=" + std::to_string(s.rx().count()) + " received_fnv=" + Hex(s.rx().hash()) +
-      " ms=" + std::to_string(MsSince(start)));
+      " ms=" + std::to_string(ms));
   return 0;
 }
 
@@ -1090,15 +1097,10 @@ int CmdRecv(const Args& a, UsageError& err) {
   if (a.Has("bytes")) spec.expect_rx_bytes = bytes;
   if (a.Has("verify")) spec.verify_seed = c.seed;
   Session s(0, spec);
-  Loop loop(c.idle);
-  loop.connect_to = *addr;
-  loop.connect_timeout = c.timeout;
-  loop.Add(&s);
-  auto start = Clock::now();
-  loop.Run();
+  int64_t ms = RunClient(s, c, *addr);
   if (s.failed()) return Fail(s.failure());
   Out("ok bytes=" + std::to_string(s.rx().count()) + " fnv=" + Hex(s.rx().hash()) +
-      " ms=" + std::to_string(MsSince(start)));
+      " ms=" + std::to_string(ms));
   return 0;
 }
 

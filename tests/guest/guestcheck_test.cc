@@ -49,11 +49,6 @@ std::string Field(const std::string& output, const std::string& prefix, const st
 
 uint64_t PatternFnv(size_t len, uint64_t seed) { return Fnv1a(PatternBytes(len, seed)); }
 
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
-
 // Runs a guestcheck command line on a thread (it may block until the guest acts).
 class Background {
  public:
@@ -156,8 +151,9 @@ class GuestcheckTest : public ::testing::Test {
   std::unique_ptr<Background> Serve(uint32_t port, const std::string& args) {
     auto bg =
         std::make_unique<Background>(Guestcheck() + " serve --listen " + Hybrid(port) + " " + args);
-    EXPECT_TRUE(WaitFor([&] { return Exists(daemon_.uds_path() + "_" + std::to_string(port)); }))
-        << "guestcheck serve did not listen";
+    EXPECT_TRUE(WaitFor([&] {
+      return PathExists(daemon_.uds_path() + "_" + std::to_string(port));
+    })) << "guestcheck serve did not listen";
     return bg;
   }
 
@@ -400,7 +396,7 @@ TEST(GuestcheckUnixTest, ServeEchoAndEchoMany) {
   TempDir dir;
   const std::string sock = "unix:" + dir.File("echo");
   Background server(Guestcheck() + " serve --listen " + sock + " --mode echo --count 300");
-  ASSERT_TRUE(WaitFor([&] { return Exists(dir.File("echo")); }));
+  ASSERT_TRUE(WaitFor([&] { return PathExists(dir.File("echo")); }));
   auto r = RunCommand(Guestcheck() + " echo-many " + sock +
                       " --conns 300 --bytes 20000 --connect-parallel 300");
   EXPECT_EQ(r.exit_code, 0) << r.output;

@@ -338,6 +338,76 @@ TEST(LoopbackTest, ManyConnectionsAtOnce) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Loopback SEQPACKET (Linux 5.14+ vsock SOCK_SEQPACKET over vsock_loopback)
+
+struct SeqPair {
+  Listener listener;
+  SeqpacketSocket client, server;
+};
+
+void MakeSeqPair(SeqPair& p) {
+  std::error_code ec;
+  p.listener = listen(Address::vsock(cid_any, port_any), SocketType::seqpacket, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(p.listener.type(), SocketType::seqpacket);
+  const uint32_t port = p.listener.local_address().port();
+  p.client = connect_seqpacket(Address::vsock(cid_local, port), std::chrono::seconds(5), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  p.server = p.listener.accept_seqpacket(std::chrono::seconds(5), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  p.client.set_read_timeout(std::chrono::seconds(10), ec);
+  p.server.set_read_timeout(std::chrono::seconds(10), ec);
+}
+
+TEST(LoopbackSeqpacketTest, MessageBoundariesBothWays) {
+  SeqPair p;
+  ASSERT_NO_FATAL_FAILURE(MakeSeqPair(p));
+  std::error_code ec;
+  const std::string msgs[] = {"a", std::string(4096, 'b'), std::string(70000, 'c'), "dd"};
+  for (const auto& m : msgs) ASSERT_EQ(p.client.send(m, ec), m.size()) << ec.message();
+  for (const auto& m : msgs) {
+    Message info;
+    EXPECT_EQ(p.server.receive(1 << 17, ec, &info), m);
+    EXPECT_FALSE(info.truncated);
+    EXPECT_EQ(info.full_size, m.size());
+  }
+  ASSERT_EQ(p.server.send("back", ec), 4u);
+  EXPECT_EQ(p.client.receive(64, ec), "back");
+  p.client.shutdown(Shutdown::write, ec);
+  Message end;
+  p.server.receive(64, ec, &end);
+  EXPECT_TRUE(end.end_of_stream);
+}
+
+TEST(LoopbackSeqpacketTest, SmallBufferTruncatesAndReportsTheFullSize) {
+  SeqPair p;
+  ASSERT_NO_FATAL_FAILURE(MakeSeqPair(p));
+  std::error_code ec;
+  ASSERT_EQ(p.client.send(std::string(1000, 'x'), ec), 1000u);
+  ASSERT_EQ(p.client.send("next", ec), 4u);
+  char buf[10];
+  Message m = p.server.receive(buf, sizeof buf, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_TRUE(m.truncated);
+  EXPECT_EQ(m.size, 10u);
+  EXPECT_EQ(m.full_size, 1000u);
+  EXPECT_EQ(p.server.receive(64, ec), "next");  // the rest of the first one is gone
+}
+
+TEST(LoopbackSeqpacketTest, EorIsReportedOnlyWhenSent) {
+  SeqPair p;
+  ASSERT_NO_FATAL_FAILURE(MakeSeqPair(p));
+  std::error_code ec;
+  ASSERT_EQ(p.client.send("record", true, ec), 6u);
+  ASSERT_EQ(p.client.send("plain", false, ec), 5u);
+  Message m;
+  EXPECT_EQ(p.server.receive(64, ec, &m), "record");
+  EXPECT_TRUE(m.eor);
+  EXPECT_EQ(p.server.receive(64, ec, &m), "plain");
+  EXPECT_FALSE(m.eor);
+}
+
+// ---------------------------------------------------------------------------------------
 // The host through vsockd
 
 std::optional<uint32_t> EnvPort(const char* name) {

@@ -3,13 +3,16 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "base/log.h"
@@ -77,6 +80,11 @@ bool Subprocess::Running() {
 int Subprocess::Stop(int sig, std::chrono::milliseconds timeout) {
   if (pid_ <= 0) return -1;
   ::kill(pid_, sig);
+  return Wait(timeout);
+}
+
+int Subprocess::Wait(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return -1;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   int status = 0;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -102,6 +110,16 @@ std::string Subprocess::Log() const {
 
 std::string BuiltBinary(const std::string& name) {
   return std::string(VSOCKD_BINARY_DIR) + "/" + name;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return ::lstat(path.c_str(), &st) == 0;
 }
 
 std::string GuardBinary() { return BuiltBinary("tests/guard/no_vsock_guard"); }
@@ -221,6 +239,26 @@ Result<std::string> ReadLine(int fd, size_t max) {
     line.push_back(c);
   }
   return MakeError(EMSGSIZE, "reply line too long");
+}
+
+std::string ReadToEof(int fd, int* err) {
+  std::string out;
+  char buf[65536];
+  if (err != nullptr) *err = 0;
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && err != nullptr) *err = errno;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+void SetSocketTimeouts(int fd, std::chrono::seconds timeout) {
+  timeval tv = {static_cast<time_t>(timeout.count()), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
 Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply) {

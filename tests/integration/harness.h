@@ -50,6 +50,10 @@ class Subprocess {
   // Sends `sig` and waits up to `timeout` for the exit; returns the wait status (-1 if it had
   // to be killed with SIGKILL).
   int Stop(int sig = SIGTERM, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // Waits up to `timeout` for the child to exit by itself (a program run to completion);
+  // returns the wait status, or -1 if it had to be killed with SIGKILL (and reaped) or was
+  // not running.
+  int Wait(std::chrono::milliseconds timeout);
   bool Running();
   pid_t pid() const { return pid_; }
   std::string Log() const;
@@ -83,6 +87,11 @@ class Daemon {
 
 // Path of a binary built next to the tests (VSOCKD_BINARY_DIR is set by CMake).
 std::string BuiltBinary(const std::string& name);
+
+// A whole file ("" if it cannot be read), and whether a path exists (lstat: a dangling link
+// or a socket counts).
+std::string ReadFile(const std::string& path);
+bool PathExists(const std::string& path);
 
 // Runs an EventLoop on its own thread.
 class LoopThread {
@@ -122,6 +131,13 @@ RunResult RunCommand(const std::string& cmd);
 
 // Reads a line (up to '\n', excluded) byte by byte from a blocking fd.
 Result<std::string> ReadLine(int fd, size_t max = 256);
+
+// Reads a blocking fd until EOF, an error or the socket's receive timeout; `*err` (if given)
+// gets the errno of a failed read, 0 on EOF.
+std::string ReadToEof(int fd, int* err = nullptr);
+
+// Sets a socket's SO_RCVTIMEO and SO_SNDTIMEO, so a blocking test read/write cannot hang.
+void SetSocketTimeouts(int fd, std::chrono::seconds timeout);
 
 // ---- Unmodified AF_VSOCK host programs (the LD_PRELOAD shim) ----
 // HARD RULE: a host program that could create an AF_VSOCK socket only ever runs under

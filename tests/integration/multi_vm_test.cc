@@ -2,7 +2,8 @@
 // three virtual guests (vguest, in this process on one event-loop thread) and real AF_UNIX
 // peers. Covers guest <-> guest routing (data both ways, the peer's CID seen by the
 // acceptor, group isolation, unknown CIDs), one frontend going away while the others keep
-// working, the hybrid paths of each VM, and the YAML form.
+// working, the hybrid paths of each VM, the YAML form, and guest <-> guest SEQPACKET (message
+// boundaries and EOR kept across the router's bridge, groups still isolating).
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,6 +13,8 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <mutex>
+#include <random>
 
 #include "base/unix_socket.h"
 #include "tests/integration/guest_util.h"
@@ -22,6 +25,79 @@ namespace vsockd::testing {
 namespace {
 
 using namespace std::chrono_literals;
+
+// One side of a guest <-> guest SEQPACKET connection: sends its messages one after another
+// (WriteMessage; on_writable resumes after EAGAIN) and keeps every message it receives with
+// its flags. Installed and driven on the loop thread; the test thread reads `count` and, once
+// it is complete, `received` under `mu`.
+struct MessagePeer {
+  vguest::Stream* stream = nullptr;
+  std::vector<std::vector<uint8_t>> to_send;
+  std::vector<bool> eor;  // per message: sent with EOR (MSG_EOR)
+  size_t next = 0;
+  std::mutex mu;
+  std::vector<std::pair<std::vector<uint8_t>, uint32_t>> received;  // guarded by mu
+  std::atomic<size_t> count{0};
+  std::atomic<int> write_error{0};
+
+  void Install(vguest::Stream* s) {
+    stream = s;
+    s->on_message = [this](std::span<const uint8_t> m, uint32_t flags) {
+      std::lock_guard<std::mutex> lock(mu);
+      received.emplace_back(std::vector<uint8_t>(m.begin(), m.end()), flags);
+      count = received.size();
+    };
+    s->on_writable = [this] { SendMore(); };
+  }
+  void SendMore() {
+    while (next < to_send.size()) {
+      Status st = stream->WriteMessage(to_send[next], eor[next]);
+      if (!st.ok()) {
+        if (st.error().code != EAGAIN) write_error = st.error().code;
+        return;  // EAGAIN: on_writable resumes
+      }
+      ++next;
+    }
+  }
+};
+
+// Message sizes up to the guest's buf_alloc (vguest's default, Linux's 256 KiB: the largest
+// message a Linux sender lets through), with fragment-boundary neighbours.
+std::vector<size_t> SeqpacketSizes() {
+  const size_t buf_alloc = vguest::GuestOptions{}.buf_alloc;
+  return {1,     2,     17,     4095,          4096,      4097, 65535, 65536,
+          65537, 70000, 131072, buf_alloc - 1, buf_alloc, 3,    1000};
+}
+
+std::vector<uint8_t> RandomMessage(size_t size, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(size);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+void FillMessages(MessagePeer* peer, uint32_t seed) {
+  const auto sizes = SeqpacketSizes();
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    peer->to_send.push_back(RandomMessage(sizes[i], seed + static_cast<uint32_t>(i)));
+    peer->eor.push_back(i % 3 == 1);
+  }
+}
+
+// `got` holds exactly `sent`'s messages, in order, each with EOM and with EOR exactly where
+// the sender passed it.
+void ExpectSameMessages(MessagePeer* got, MessagePeer* sent, const std::string& what) {
+  std::lock_guard<std::mutex> lock(got->mu);
+  ASSERT_EQ(got->received.size(), sent->to_send.size()) << what;
+  for (size_t i = 0; i < sent->to_send.size(); ++i) {
+    const auto& [bytes, flags] = got->received[i];
+    EXPECT_EQ(bytes.size(), sent->to_send[i].size()) << what << ": message " << i;
+    EXPECT_TRUE(bytes == sent->to_send[i]) << what << ": message " << i << " differs";
+    EXPECT_NE(flags & vsock::VIRTIO_VSOCK_SEQ_EOM, 0u) << what << ": message " << i;
+    EXPECT_EQ((flags & vsock::VIRTIO_VSOCK_SEQ_EOR) != 0, static_cast<bool>(sent->eor[i]))
+        << what << ": message " << i << " EOR";
+  }
+}
 
 struct VmSpec {
   uint64_t cid;
@@ -75,9 +151,10 @@ class MultiVmTest : public ::testing::Test {
     }
   }
 
-  void Attach(uint64_t cid) {
+  void Attach(uint64_t cid, bool seqpacket = true) {
     vguest::GuestOptions options;
     options.socket_path = Socket(cid);
+    options.seqpacket = seqpacket;
     options.attach_timeout = 10s;
     auto guest = loop_.Call([&] { return vguest::Guest::Attach(loop_.loop(), options); });
     ASSERT_TRUE(guest.ok()) << guest.error().ToString() << "\n" << proc_.Log();
@@ -100,7 +177,8 @@ class MultiVmTest : public ::testing::Test {
   // (on the loop thread: the peer may send before the test thread gets to run).
   std::pair<vguest::Stream*, Status> Connect(uint64_t from, uint64_t to_cid, uint32_t port,
                                              std::shared_ptr<StreamObserver> obs = nullptr,
-                                             std::vector<uint8_t> data = {}) {
+                                             std::vector<uint8_t> data = {},
+                                             uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
     std::promise<std::pair<vguest::Stream*, Status>> done;
     loop_.Call([&] {
       guests_[from]->Connect(
@@ -113,7 +191,7 @@ class MultiVmTest : public ::testing::Test {
             }
             done.set_value({s, st});
           },
-          to_cid);
+          to_cid, type);
       return 0;
     });
     auto f = done.get_future();
@@ -189,6 +267,118 @@ TEST_F(MultiVmTest, GuestToGuestDataBothWaysWithChecksums) {
   ExchangeBetween(3, 4, 5000, 3 << 20, 11);
   ExchangeBetween(4, 3, 5001, 1 << 20, 21);
   ExchangeBetween(5, 3, 5002, 1 << 20, 31);  // VM 5 shares a worker with VM 3
+}
+
+TEST_F(MultiVmTest, GuestToGuestSeqpacketKeepsMessagesAndEorBothWays) {
+  StartDaemon({{3, "a"}, {4, "a"}, {5, "b"}}, {"--workers", "2"});
+  for (uint64_t cid : {3u, 4u, 5u}) {
+    ASSERT_TRUE(loop_.Call([&] { return guests_[cid]->seqpacket_negotiated(); })) << cid;
+  }
+  const uint32_t port = 5100;
+  auto a = std::make_shared<MessagePeer>();
+  auto b = std::make_shared<MessagePeer>();
+  FillMessages(a.get(), 100);
+  FillMessages(b.get(), 200);
+  std::atomic<bool> accepted{false};
+  std::atomic<uint64_t> b_peer_cid{0};
+  std::atomic<uint32_t> b_peer_port{0};
+  Status listening = loop_.Call([&] {
+    return guests_[4]->Listen(
+        port,
+        [&, b](vguest::Stream* s) {
+          b_peer_cid = s->peer_cid();
+          b_peer_port = s->peer_port();
+          EXPECT_TRUE(s->seqpacket());
+          b->Install(s);
+          b->SendMore();
+          accepted = true;
+        },
+        vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  });
+  ASSERT_TRUE(listening.ok()) << listening.error().ToString();
+
+  std::promise<Status> connected;
+  uint32_t a_port = 0;
+  loop_.Call([&] {
+    vguest::Stream* s = guests_[3]->Connect(
+        port,
+        [&, a](vguest::Stream* s, const Status& st) {
+          if (st.ok()) {
+            a->Install(s);
+            a->SendMore();
+          }
+          connected.set_value(st);
+        },
+        4, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+    a_port = s->local_port();
+    return 0;
+  });
+  auto f = connected.get_future();
+  ASSERT_EQ(f.wait_for(15s), std::future_status::ready) << proc_.Log();
+  Status st = f.get();
+  ASSERT_TRUE(st.ok()) << st.error().ToString() << "\n" << proc_.Log();
+  ASSERT_TRUE(WaitFor([&] { return accepted.load(); }));
+  EXPECT_EQ(b_peer_cid.load(), 3u);
+  EXPECT_EQ(b_peer_port.load(), a_port);
+
+  const size_t n = SeqpacketSizes().size();
+  ASSERT_TRUE(WaitFor([&] { return a->count.load() == n && b->count.load() == n; }, 60s))
+      << "4 got " << b->count.load() << "/" << n << ", 3 got " << a->count.load() << "/" << n
+      << "\n"
+      << proc_.Log();
+  EXPECT_EQ(a->write_error.load(), 0);
+  EXPECT_EQ(b->write_error.load(), 0);
+  ExpectSameMessages(b.get(), a.get(), "3 -> 4");
+  ExpectSameMessages(a.get(), b.get(), "4 -> 3");
+  for (uint64_t cid : {3u, 4u}) {
+    auto stats = loop_.Call([&] { return guests_[cid]->stats(); });
+    EXPECT_EQ(stats.credit_violations, 0u) << cid;
+    EXPECT_EQ(stats.rx_len_mismatch, 0u) << cid;
+    EXPECT_EQ(stats.overrun_drops, 0u) << cid;
+    EXPECT_EQ(stats.rst_received, 0u) << cid;
+  }
+
+  // Groups isolate SEQPACKET too: 3 and 5 share none, so RST and no REQUEST at 5.
+  std::atomic<bool> five_accepted{false};
+  ASSERT_TRUE(loop_
+                  .Call([&] {
+                    return guests_[5]->Listen(
+                        port, [&](vguest::Stream*) { five_accepted = true; },
+                        vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+                  })
+                  .ok());
+  auto [s35, st35] = Connect(3, 5, port, nullptr, {}, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_FALSE(st35.ok());
+  EXPECT_EQ(st35.error().code, ECONNRESET);
+  // A SEQPACKET connect to a port that has only a STREAM listener in a reachable VM: the
+  // target guest's RST comes back.
+  auto acc = Listen(4, port + 1, {});
+  auto [s34, st34] = Connect(3, 4, port + 1, nullptr, {}, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_FALSE(st34.ok());
+  EXPECT_EQ(st34.error().code, ECONNRESET);
+  EXPECT_FALSE(acc->got.load());
+  EXPECT_FALSE(five_accepted.load());
+}
+
+TEST_F(MultiVmTest, SeqpacketToAGuestWithoutTheFeatureGetsRst) {
+  StartWith({BuiltBinary("src/daemon/vsockd"), "--vm",
+             fmt::format("guest_cid=3,socket={},uds-path={}", Socket(3), Uds(3)), "--vm",
+             fmt::format("guest_cid=4,socket={},uds-path={}", Socket(4), Uds(4))},
+            {});
+  sockets_[3] = Socket(3);
+  sockets_[4] = Socket(4);
+  Attach(3);
+  Attach(4, /*seqpacket=*/false);  // guest 4's driver does not ack VIRTIO_VSOCK_F_SEQPACKET
+  ASSERT_FALSE(loop_.Call([&] { return guests_[4]->seqpacket_negotiated(); }));
+  auto acc = Listen(4, 5200, {});  // a STREAM listener: what guest 4 can have
+  auto [s, st] = Connect(3, 4, 5200, nullptr, {}, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, ECONNRESET);
+  EXPECT_FALSE(acc->got.load());
+  EXPECT_EQ(loop_.Call([&] { return guests_[4]->stats().bad_type_rx; }), 0u)
+      << "vsockd must refuse it itself, never send guest 4 a SEQPACKET REQUEST";
+  // STREAM between the same two still works.
+  ExchangeBetween(3, 4, 5201, 64 << 10, 111);
 }
 
 TEST_F(MultiVmTest, GroupsIsolateAndUnknownCidsGetRst) {

@@ -21,18 +21,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::lstat(path.c_str(), &st) == 0;
-}
-
 std::string Guard() { return GuardBinary(); }
 std::string Probe() { return BuiltBinary("tests/guard/vsock_probe"); }
 std::string Shim() { return ShimLibrary(); }
@@ -70,10 +58,10 @@ TEST_F(GuardTest, MissingCommandIsReported) {
 class ShimTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(Exists(Shim())) << Shim();
-    ASSERT_TRUE(Exists(Seed("vsock_server.py"))) << Seed("vsock_server.py");
+    ASSERT_TRUE(PathExists(Shim())) << Shim();
+    ASSERT_TRUE(PathExists(Seed("vsock_server.py"))) << Seed("vsock_server.py");
     ASSERT_TRUE(daemon_.Start().ok()) << daemon_.Log();
-    ASSERT_TRUE(WaitFor([&] { return Exists(run_dir_ + "/cid_3"); })) << daemon_.Log();
+    ASSERT_TRUE(WaitFor([&] { return PathExists(run_dir_ + "/cid_3"); })) << daemon_.Log();
   }
 
   TempDir dir_;
@@ -87,7 +75,7 @@ TEST_F(ShimTest, SeedServerOnTheHostHearsTheGuest) {
   argv.push_back("python3");
   argv.push_back(Seed("vsock_server.py"));
   ASSERT_TRUE(server.Start(argv, dir_.File("server.log")).ok());
-  ASSERT_TRUE(WaitFor([&] { return Exists(run_dir_ + "/host_9999"); }, 20s)) << server.Log();
+  ASSERT_TRUE(WaitFor([&] { return PathExists(run_dir_ + "/host_9999"); }, 20s)) << server.Log();
   // The listener may exist a moment before listen(): retry a refused guest connect.
   RunResult guest;
   ASSERT_TRUE(WaitFor(
@@ -104,7 +92,7 @@ TEST_F(ShimTest, SeedServerOnTheHostHearsTheGuest) {
   EXPECT_NE(log.find("Connection opened by cid=3 port="), std::string::npos) << log;
   EXPECT_NE(log.find("Received bytes: b'Hello, world!'"), std::string::npos) << log;
   EXPECT_EQ(log.find("Traceback"), std::string::npos) << log;
-  EXPECT_FALSE(Exists(run_dir_ + "/host_9999")) << "the listener file goes with the server";
+  EXPECT_FALSE(PathExists(run_dir_ + "/host_9999")) << "the listener file goes with the server";
 }
 
 TEST_F(ShimTest, SeedClientOnTheHostReachesAGuestServer) {

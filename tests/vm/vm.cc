@@ -258,10 +258,12 @@ Result<GuestRun> Vm::Run(const std::string& command, std::chrono::milliseconds t
   auto pumped = Pump(deadline, [&](const std::string& line) {
     if (!begun) {
       // Exactly the marker, or the marker after a stray fragment (a kernel message without
-      // its newline), but not our own "@@RUN" line echoed by the tty before `stty -echo`.
+      // its newline, or the start of our "@@RUN" line that the tty echoed before the agent's
+      // `stty -echo` took effect mid-line: "@@RUN 1 @@BEGIN 1"), but not our whole "@@RUN"
+      // line echoed.
       if (line.size() >= begin.size() &&
           line.compare(line.size() - begin.size(), begin.size(), begin) == 0 &&
-          line.find("@@RUN ") == std::string::npos) {
+          line != fmt::format("@@RUN {} {}", id, command)) {
         begun = true;
       }
       return false;

@@ -14,11 +14,13 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/harness.h"
@@ -28,6 +30,13 @@ namespace vsockd::vmtest {
 
 inline constexpr auto kGuestCommandTimeout = std::chrono::seconds(120);
 inline constexpr uint64_t kGuestCid = 3;
+
+// Milliseconds since `start` (for the "[ vm ] ..." duration lines).
+inline long long MsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               start)
+      .count();
+}
 
 inline bool RequireVm() {
   const char* v = std::getenv("VSOCKD_REQUIRE_VM");
@@ -136,6 +145,43 @@ class VmFixture : public ::testing::Test {
   // The host socket a guest's connect to host port `port` reaches (<uds-path>_<port>).
   static std::string HostPath(uint32_t port) {
     return daemon_->uds_path() + "_" + std::to_string(port);
+  }
+
+  // Waits (polling in the guest) until the guest file `path` contains `needle`; a failure
+  // carries the file and the vsockd log.
+  ::testing::AssertionResult WaitGuestLog(const std::string& path, const std::string& needle,
+                                          std::chrono::seconds timeout = std::chrono::seconds(60)) {
+    auto r = vm_->Run("i=0; until grep -qF -- '" + needle + "' " + path +
+                          " 2>/dev/null; do i=$((i+1)); if [ $i -gt " +
+                          std::to_string(timeout.count() * 10) + " ]; then cat " + path +
+                          "; exit 1; fi; sleep 0.1; done",
+                      timeout + std::chrono::seconds(30));
+    if (!r.ok()) return ::testing::AssertionFailure() << r.error().ToString();
+    if (r->exit_status != 0) {
+      return ::testing::AssertionFailure()
+             << "'" << needle << "' never appeared in " << path << ":\n"
+             << r->output << "\nvsockd log:\n"
+             << DaemonLog();
+    }
+    return ::testing::AssertionSuccess();
+  }
+
+  // Host -> guest port `port` through vsockd (HybridConnect on the uds-path), retrying while
+  // the guest's listener comes up (each early try gets "ERR ..."). On failure, the last
+  // attempt's error (which quotes the last reply line). `reply` (if given) gets the last
+  // reply line.
+  Result<Fd> ConnectToGuest(uint32_t port, std::chrono::seconds timeout = std::chrono::seconds(60),
+                            std::string* reply = nullptr) {
+    Result<Fd> conn = MakeError(ETIMEDOUT, "no connect attempt to guest port {}", port);
+    testing::WaitFor(
+        [&] {
+          conn = testing::HybridConnect(daemon_->uds_path(), port, reply);
+          if (conn.ok()) return true;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          return false;
+        },
+        timeout);
+    return conn;
   }
 
  private:

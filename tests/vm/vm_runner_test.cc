@@ -26,17 +26,11 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+using vsockd::testing::ReadFile;
 using vsockd::testing::TempDir;
 using vsockd::testing::WaitFor;
 
 const std::string kAgent = std::string(VSOCKD_SOURCE_DIR) + "/guest/rootfs/agent";
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 void WriteExecutable(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;

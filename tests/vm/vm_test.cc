@@ -9,7 +9,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -31,31 +30,12 @@ using ::testing::HasSubstr;
 using vsockd::testing::Daemon;
 using vsockd::testing::EchoServer;
 using vsockd::testing::Fnv1a;
-using vsockd::testing::HybridConnect;
 using vsockd::testing::PatternBytes;
+using vsockd::testing::ReadToEof;
+using vsockd::testing::SetSocketTimeouts;
 using vsockd::testing::TempDir;
-using vsockd::testing::WaitFor;
 
 constexpr auto kCmd = std::chrono::seconds(60);
-
-// Reads until EOF (or error / the socket's receive timeout).
-std::string ReadToEof(int fd) {
-  std::string out;
-  char buf[65536];
-  while (true) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-void SetTimeouts(int fd, std::chrono::seconds s) {
-  timeval tv = {static_cast<time_t>(s.count()), 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
 
 class VmTest : public VmFixture<VmTest> {};
 
@@ -128,25 +108,15 @@ TEST_F(VmTest, GuestConnectsToAHostService) {
 TEST_F(VmTest, HostConnectsToAGuestListener) {
   // Guest port 5002 echoes (socat + cat); the host reaches it with CONNECT 5002 on uds-path.
   ASSERT_TRUE(vm().Spawn("socat -t 30 VSOCK-LISTEN:5002 EXEC:cat", "/tmp/listen5002.log").ok());
-  Fd conn;
   std::string reply;
   // The listener needs a moment to come up: each early try gets "ERR ..." (guest reset).
-  bool connected = WaitFor(
-      [&] {
-        auto fd = HybridConnect(daemon().uds_path(), 5002, &reply);
-        if (fd.ok()) {
-          conn = std::move(*fd);
-          return true;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        return false;
-      },
-      std::chrono::seconds(60));
-  ASSERT_TRUE(connected) << "last reply: " << reply << "\n"
-                         << Diag("cat /tmp/listen5002.log") << "\n"
-                         << DaemonLog();
+  auto connected = ConnectToGuest(5002, std::chrono::seconds(60), &reply);
+  ASSERT_TRUE(connected.ok()) << connected.error().ToString() << "\n"
+                              << Diag("cat /tmp/listen5002.log") << "\n"
+                              << DaemonLog();
   EXPECT_THAT(reply, ::testing::StartsWith("OK "));
-  SetTimeouts(conn.get(), std::chrono::seconds(60));
+  Fd conn = std::move(*connected);
+  SetSocketTimeouts(conn.get(), std::chrono::seconds(60));
 
   // 512 KiB both ways at once (a writer thread, so neither side waits for the other).
   const auto data = PatternBytes(512 * 1024, 7);
@@ -170,19 +140,10 @@ TEST_F(VmTest, HostConnectsToAGuestListener) {
                   .ok());
   ASSERT_TRUE(
       vm().Spawn("socat -t 30 VSOCK-LISTEN:5003 EXEC:/tmp/s.sh", "/tmp/listen5003.log").ok());
-  connected = WaitFor(
-      [&] {
-        auto fd = HybridConnect(daemon().uds_path(), 5003, &reply);
-        if (fd.ok()) {
-          conn = std::move(*fd);
-          return true;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        return false;
-      },
-      std::chrono::seconds(60));
-  ASSERT_TRUE(connected) << "last reply: " << reply << "\n" << DaemonLog();
-  SetTimeouts(conn.get(), std::chrono::seconds(60));
+  connected = ConnectToGuest(5003);
+  ASSERT_TRUE(connected.ok()) << connected.error().ToString() << "\n" << DaemonLog();
+  conn = std::move(*connected);
+  SetSocketTimeouts(conn.get(), std::chrono::seconds(60));
   const std::string to_guest = "to-guest over hybrid\n";
   ASSERT_TRUE(WriteAll(conn.get(), to_guest.data(), to_guest.size()).ok());
   ::shutdown(conn.get(), SHUT_WR);

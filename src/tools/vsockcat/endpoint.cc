@@ -131,6 +131,7 @@ const char* const kAddressHelp =
     "  hvsock://PATH:PORT   through vsockd (PATH = its --uds-path). Connect: guest port\n"
     "                       PORT. Listen: PATH_PORT, what guests reach at host port PORT\n"
     "  unix:PATH            plain Unix socket; also unix-connect:PATH, unix-listen:PATH\n"
+    "  unix-seqpacket:PATH  Unix SOCK_SEQPACKET (listen: also unix-seqpacket-listen:PATH)\n"
     "  tcp:HOST:PORT        TCP (IPv6 hosts in brackets: tcp:[::1]:80). Listen: tcp:PORT\n"
     "                       (all addresses) or tcp:HOST:PORT; port 0 = any\n"
     "  tcp-connect:HOST:PORT, tcp-listen:[HOST:]PORT (tcp-l:)   socat's words\n";
@@ -148,7 +149,7 @@ Result<Endpoint> ParseEndpoint(std::string_view text, bool for_listen) {
   if (text.empty()) return BadAddress(text, "empty address");
   struct Word {
     const char* prefix;
-    enum { kTcp, kVsock, kUnix } what;
+    enum { kTcp, kVsock, kUnix, kUnixSeqpacket } what;
     Endpoint::Role role;
   };
   static const Word kWords[] = {
@@ -163,6 +164,8 @@ Result<Endpoint> ParseEndpoint(std::string_view text, bool for_listen) {
       {"unix-listen:", Word::kUnix, Endpoint::Role::kListen},
       {"unix-l:", Word::kUnix, Endpoint::Role::kListen},
       {"unix-connect:", Word::kUnix, Endpoint::Role::kConnect},
+      {"unix-seqpacket-listen:", Word::kUnixSeqpacket, Endpoint::Role::kListen},
+      {"unix-seqpacket:", Word::kUnixSeqpacket, Endpoint::Role::kAny},
   };
   for (const Word& w : kWords) {
     if (!StartsWithNoCase(text, w.prefix)) continue;
@@ -177,8 +180,9 @@ Result<Endpoint> ParseEndpoint(std::string_view text, bool for_listen) {
       return ep;
     }
     if (rest.empty()) return BadAddress(text, "nothing after the ':'");
-    std::string inner =
-        w.what == Word::kUnix ? "unix:" + std::string(rest) : "vsock:" + std::string(rest);
+    const bool unix_word = w.what == Word::kUnix || w.what == Word::kUnixSeqpacket;
+    ep.seqpacket = w.what == Word::kUnixSeqpacket;
+    std::string inner = unix_word ? "unix:" + std::string(rest) : "vsock:" + std::string(rest);
     if (w.what == Word::kVsock && listen && rest.find(':') == std::string_view::npos) {
       inner = "vsock:any:" + std::string(rest);  // socat's VSOCK-LISTEN:PORT
     }
@@ -208,7 +212,9 @@ std::string ListenSocket::Describe() const {
     return "tcp:" + SockaddrText(reinterpret_cast<sockaddr*>(&ss));
   }
   const vsock::Address& a = vsock_listener.local_address();
-  if (a.is_hybrid()) return "unix:" + a.hybrid_listen_path() + " (" + a.to_string() + ")";
+  if (a.is_hybrid()) {
+    return "unix:" + a.hybrid_listen_path(vsock_listener.type()) + " (" + a.to_string() + ")";
+  }
   return a.to_string();
 }
 
@@ -254,11 +260,13 @@ Result<ListenSocket> Listen(const Endpoint& ep) {
     return ls;
   }
   std::error_code ec;
-  ls.vsock_listener = vsock::listen(ep.address, ec);
+  ls.vsock_listener = vsock::listen(
+      ep.address, ep.seqpacket ? vsock::SocketType::seqpacket : vsock::SocketType::stream, ec);
   if (ec) {
+    const auto type = ep.seqpacket ? vsock::SocketType::seqpacket : vsock::SocketType::stream;
     std::string where =
         ep.address.is_hybrid()
-            ? ep.address.to_string() + " (unix:" + ep.address.hybrid_listen_path() + ")"
+            ? ep.address.to_string() + " (unix:" + ep.address.hybrid_listen_path(type) + ")"
             : ep.address.to_string();
     int code = &ec.category() == &std::system_category() ? ec.value() : EINVAL;
     return MakeError(code, "listen on {}: {}", where, ec.message());
@@ -371,7 +379,9 @@ void Dialer::Start() {
     return;
   }
   std::error_code ec;
-  connector_.start(ep_.address, ec, timeout_);
+  connector_.start(ep_.address,
+                   ep_.seqpacket ? vsock::SocketType::seqpacket : vsock::SocketType::stream, ec,
+                   timeout_);
   if (ec || connector_.done()) {
     auto alive = alive_;
     loop_->Defer([this, alive, ec] {

@@ -37,6 +37,9 @@ struct Endpoint {
   std::string host;        // kTcp: empty = any address (listen only)
   uint16_t port = 0;       // kTcp
   std::string text;        // as the user wrote it, for messages
+  // SOCK_SEQPACKET (kLibvsock only): --seqpacket for vsock/hvsock, or the unix-seqpacket:
+  // word. Each relayed read becomes one message.
+  bool seqpacket = false;
 
   bool is_tcp() const { return kind == Kind::kTcp; }
   // Canonical text for messages.

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <list>
@@ -65,6 +66,7 @@ struct Options {
   unsigned max_connections = 256;
   size_t buffer_size = Relay::kDefaultBufferSize;
   bool no_splice = false;
+  bool seqpacket = false;  // vsock/hvsock endpoints are SOCK_SEQPACKET
   std::vector<std::string> addresses;
 };
 
@@ -100,6 +102,11 @@ std::string PeerName(int fd) {
     auto a = vsock::Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len, ec);
     if (a) return a->to_string();
     return "an unnamed unix socket (a guest, through vsockd)";
+  }
+  if (ss.ss_family == AF_VSOCK) {  // in a guest: the kernel names the peer
+    std::error_code ec;
+    auto a = vsock::Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len, ec);
+    if (a) return a->to_string();
   }
   return "?";
 }
@@ -163,6 +170,7 @@ class App {
       }
       from_ = std::move(*from);
       to_ = std::move(*to);
+      ApplySeqpacket();
       return true;
     }
     auto probe = ParseEndpoint(opt_.addresses[0], opt_.listen);
@@ -176,7 +184,20 @@ class App {
       return usage("--keep-open/--fork need -l (listen)");
     }
     target_ = std::move(*probe);
+    ApplySeqpacket();
     return true;
+  }
+
+  // --seqpacket: vsock and hvsock endpoints become SOCK_SEQPACKET (unix: ones stay streams;
+  // unix-seqpacket: says so itself). Each read is relayed as one message, so the relay
+  // buffer is also the largest message: at most 128 KiB, which fits both an AF_UNIX
+  // SEQPACKET socket's default send buffer and vsock's default buf_alloc (256 KiB).
+  void ApplySeqpacket() {
+    for (Endpoint* ep : {&target_, &from_, &to_}) {
+      if (opt_.seqpacket && !ep->is_tcp() && !ep->address.is_unix()) ep->seqpacket = true;
+      if (ep->seqpacket) seqpacket_ = true;
+    }
+    if (seqpacket_) opt_.buffer_size = std::min<size_t>(opt_.buffer_size, 128 * 1024);
   }
 
  private:
@@ -419,7 +440,8 @@ class App {
             EndForward(it);
           },
           opt_.buffer_size);
-      f.relay->set_use_splice(!opt_.no_splice);
+      // splice(2) moves bytes, not messages.
+      f.relay->set_use_splice(!opt_.no_splice && !seqpacket_);
       f.relay->Start();
     });
     f.dialer->Start();
@@ -434,6 +456,7 @@ class App {
   }
 
   Options opt_;
+  bool seqpacket_ = false;  // some endpoint is SOCK_SEQPACKET
   EventLoop* loop_;
   Endpoint target_, from_, to_;
   int exit_code_ = kExitOk;
@@ -497,6 +520,10 @@ int Main(int argc, char** argv) {
       ->capture_default_str();
   cli.add_flag("--no-splice", opt.no_splice,
                "Socket to socket: copy with read/write instead of splice(2)");
+  cli.add_flag("--seqpacket", opt.seqpacket,
+               "vsock and hvsock endpoints use SOCK_SEQPACKET (socat's socktype=5): each "
+               "read (a line from a terminal, a message from a socket) is sent as one message; "
+               "messages up to --buffer-size (at most 128 KiB)");
   cli.add_flag("-q,--quiet", opt.quiet, "Do not report per-connection errors in --forward/-k");
   cli.add_flag("-v,--verbose", opt.verbose, "Report connections and byte counts on stderr");
   cli.set_version_flag("--version", "vsockcat " VSOCKCAT_VERSION);

@@ -32,18 +32,6 @@ using namespace std::chrono_literals;
 std::string Vsockcat() { return BuiltBinary("src/tools/vsockcat/vsockcat"); }
 std::string Vguest() { return BuiltBinary("src/vguest/vguest"); }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-bool Exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
-}
-
 // A TCP port on 127.0.0.1 that was free a moment ago.
 uint16_t FreeTcpPort() {
   Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -247,20 +235,20 @@ TEST_F(VsockcatCliGuestTest, ListenReceivesWhatAGuestSends) {
                   .ok());
   ASSERT_TRUE(WaitFor([&] { return cat.Log().find("listening on") != std::string::npos; }))
       << cat.Log();
-  EXPECT_TRUE(Exists(daemon_.uds_path() + "_9999"));
+  EXPECT_TRUE(PathExists(daemon_.uds_path() + "_9999"));
   auto data = PatternBytes(2 << 20, 5);
   std::string in = dir_.File("in.bin");
   std::ofstream(in, std::ios::binary)
       .write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
   auto r = RunCommand(Vguest() + " --socket " + daemon_.socket_path() + " connect 9999 < " + in);
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  ASSERT_TRUE(WaitFor([&] { return Exists(rc) && !ReadFile(rc).empty(); })) << cat.Log();
+  ASSERT_TRUE(WaitFor([&] { return PathExists(rc) && !ReadFile(rc).empty(); })) << cat.Log();
   EXPECT_EQ(ReadFile(rc), "0\n") << cat.Log();
   std::string got = ReadFile(out);
   EXPECT_EQ(got.size(), data.size());
   EXPECT_EQ(Fnv1a({reinterpret_cast<const uint8_t*>(got.data()), got.size()}), Fnv1a(data));
   // One connection without -k: the listening socket file is gone.
-  EXPECT_FALSE(Exists(daemon_.uds_path() + "_9999"));
+  EXPECT_FALSE(PathExists(daemon_.uds_path() + "_9999"));
 }
 
 // ---- with vsockd and an in-process guest ------------------------------------------------
@@ -384,7 +372,7 @@ TEST_F(VsockcatGuestTest, ForwardGuestConnectionsToTcp) {
   TcpEcho echo;
   Subprocess* fwd =
       StartVsockcat({"--forward", Hybrid(7000), "tcp:127.0.0.1:" + std::to_string(echo.port())});
-  EXPECT_TRUE(Exists(daemon_.uds_path() + "_7000"));
+  EXPECT_TRUE(PathExists(daemon_.uds_path() + "_7000"));
   constexpr int kConns = 8;
   constexpr size_t kBytes = 1 << 20;
   auto obs = GuestConnects(7000, kConns, kBytes);
@@ -528,7 +516,7 @@ TEST(VsockcatLocalTest, KeepOpenServesSeveralConnectionsOneAtATime) {
   }
   EXPECT_TRUE(p.Running());
   EXPECT_EQ(p.Stop(), 0);
-  EXPECT_FALSE(Exists(sock));  // the listener removes its socket file
+  EXPECT_FALSE(PathExists(sock));  // the listener removes its socket file
 }
 
 TEST(VsockcatLocalTest, ConnectRelaysAFileBothWaysWithHalfClose) {

@@ -66,7 +66,7 @@ int Main(int argc, char** argv) {
   std::string server_arg, client_arg, vguest_arg, bytes_arg, length_arg, log_level = "warn";
   ClientOptions o;
   double seconds = 10;
-  bool latency = false, connect_rate = false;
+  bool latency = false, connect_rate = false, seqpacket = false;
   uint64_t count = 0;
   uint32_t msg_size = 64;
   auto* s_opt = app.add_option("-s,--server", server_arg,
@@ -88,6 +88,9 @@ int Main(int argc, char** argv) {
   app.add_flag("--connect-rate", connect_rate, "connections per second test");
   app.add_option("-i,--interval", o.interval, "seconds between interval reports (0: none)")
       ->capture_default_str();
+  app.add_flag("--seqpacket", seqpacket,
+               "SOCK_SEQPACKET instead of streams (hybrid: vsockd's .seqpacket sockets); each "
+               "write (-l, --size) is one message, at most 128K");
   app.add_flag("--json", o.json, "print one JSON document with intervals and summary");
   app.add_option("--log-level", log_level, "debug, info, warn, error or off")
       ->capture_default_str();
@@ -182,6 +185,13 @@ int Main(int argc, char** argv) {
     o.count = count;
   }
 
+  if (seqpacket) {
+    if (!vguest_arg.empty()) return Usage("--seqpacket is for libvsock addresses, not --vguest");
+    if (client && (o.write_size > kMaxSeqpacketMessage || o.msg_size > kMaxSeqpacketMessage)) {
+      return Usage("--seqpacket: -l and --size are message sizes, at most 128K");
+    }
+  }
+
   ::signal(SIGPIPE, SIG_IGN);
   auto loop = EventLoop::Create();
   if (!loop.ok()) {
@@ -197,7 +207,7 @@ int Main(int argc, char** argv) {
 
   std::unique_ptr<Transport> transport;
   if (address) {
-    transport = MakeLibvsockTransport(loop->get(), *address);
+    transport = MakeLibvsockTransport(loop->get(), *address, seqpacket);
   } else {
     auto t = MakeVguestTransport(loop->get(), vguest_socket, vguest_port);
     if (!t.ok()) {

@@ -161,8 +161,8 @@ Result<std::shared_ptr<Conn>> AdoptStream(EventLoop* loop, ::vsock::Stream strea
 
 class LibvsockTransport : public Transport {
  public:
-  LibvsockTransport(EventLoop* loop, ::vsock::Address address)
-      : loop_(loop), address_(std::move(address)) {}
+  LibvsockTransport(EventLoop* loop, ::vsock::Address address, bool seqpacket)
+      : loop_(loop), address_(std::move(address)), seqpacket_(seqpacket) {}
   ~LibvsockTransport() override {
     if (listening_) loop_->Remove(listener_.native_handle());
   }
@@ -178,14 +178,23 @@ class LibvsockTransport : public Transport {
     }
     return "?";
   }
-  std::string description() const override { return address_.to_string(); }
+  std::string description() const override {
+    return address_.to_string() + (seqpacket_ ? " (seqpacket)" : "");
+  }
 
   void Connect(std::function<void(Result<std::shared_ptr<Conn>>)> done) override {
     // Blocking connect (bounded): the client has nothing else to do meanwhile, and a
     // sequential connect is exactly what the connect-rate test measures.
     std::error_code ec;
     std::string why;
-    ::vsock::Stream s = ::vsock::connect(address_, std::chrono::seconds(5), ec, &why);
+    // SEQPACKET: the fd is used the same way (each send one message, each read one
+    // message; the read buffer is larger than any message vsockperf sends).
+    ::vsock::Stream s =
+        seqpacket_
+            ? ::vsock::Stream(
+                  ::vsock::connect_seqpacket(address_, std::chrono::seconds(5), ec, &why).release(),
+                  {}, address_)
+            : ::vsock::connect(address_, std::chrono::seconds(5), ec, &why);
     Result<std::shared_ptr<Conn>> r = MakeError(EIO, "unset");
     if (ec) {
       r = MakeError(ErrnoOf(ec), "{}",
@@ -198,7 +207,8 @@ class LibvsockTransport : public Transport {
 
   Status Listen(std::function<void(std::shared_ptr<Conn>)> on_accept) override {
     std::error_code ec;
-    listener_ = ::vsock::listen(address_, ec);
+    listener_ = ::vsock::listen(
+        address_, seqpacket_ ? ::vsock::SocketType::seqpacket : ::vsock::SocketType::stream, ec);
     if (ec) return MakeError(ErrnoOf(ec), "listen {}: {}", address_.to_string(), ec.message());
     listener_.set_nonblocking(true, ec);
     if (ec) return MakeError(ErrnoOf(ec), "listen {}: {}", address_.to_string(), ec.message());
@@ -230,6 +240,7 @@ class LibvsockTransport : public Transport {
 
   EventLoop* loop_;
   ::vsock::Address address_;
+  bool seqpacket_;
   ::vsock::Listener listener_;
   bool listening_ = false;
   std::function<void(std::shared_ptr<Conn>)> on_accept_;
@@ -342,8 +353,9 @@ class VguestTransport : public Transport {
 
 }  // namespace
 
-std::unique_ptr<Transport> MakeLibvsockTransport(EventLoop* loop, ::vsock::Address address) {
-  return std::make_unique<LibvsockTransport>(loop, std::move(address));
+std::unique_ptr<Transport> MakeLibvsockTransport(EventLoop* loop, ::vsock::Address address,
+                                                 bool seqpacket) {
+  return std::make_unique<LibvsockTransport>(loop, std::move(address), seqpacket);
 }
 
 Result<std::unique_ptr<Transport>> MakeVguestTransport(EventLoop* loop,

@@ -61,8 +61,14 @@ class Transport {
   virtual Status Listen(std::function<void(std::shared_ptr<Conn>)> on_accept) = 0;
 };
 
-// libvsock: `address` is vsock://, hvsock:// or unix:.
-std::unique_ptr<Transport> MakeLibvsockTransport(EventLoop* loop, ::vsock::Address address);
+// libvsock: `address` is vsock://, hvsock:// or unix:. `seqpacket`: SOCK_SEQPACKET sockets
+// (hybrid: vsockd's ".seqpacket" names); every Write is then one message, so callers keep
+// writes within the message limit (kMaxSeqpacketMessage).
+std::unique_ptr<Transport> MakeLibvsockTransport(EventLoop* loop, ::vsock::Address address,
+                                                 bool seqpacket = false);
+// Largest message --seqpacket allows: fits an AF_UNIX SEQPACKET socket's default send buffer
+// (about 208 KiB) and vsock's default buf_alloc (256 KiB).
+inline constexpr uint32_t kMaxSeqpacketMessage = 128 * 1024;
 
 // vguest: attaches to `socket_path` (vsockd's vhost-user socket) as a virtual guest. Connect
 // goes to host CID 2 port `port`; Listen accepts on guest port `port`. Must run on the loop

@@ -21,6 +21,8 @@ namespace {
 using nlohmann::json;
 using testing::BuiltBinary;
 using testing::Daemon;
+using testing::PathExists;
+using testing::ReadFile;
 using testing::Subprocess;
 using testing::TempDir;
 using testing::WaitFor;
@@ -164,13 +166,6 @@ struct RunResult {
 
 std::string Vsockperf() { return BuiltBinary("src/tools/vsockperf/vsockperf"); }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Runs vsockperf with `args` (a shell word list), with a generous timeout.
 RunResult RunPerf(const TempDir& dir, const std::string& args) {
   RunResult r;
@@ -191,11 +186,6 @@ json ParseJson(const RunResult& r) {
   json j = json::parse(r.out, nullptr, /*allow_exceptions=*/false);
   EXPECT_FALSE(j.is_discarded()) << "not JSON:\n" << r.out << "\nstderr:\n" << r.err;
   return j;
-}
-
-bool Exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
 }
 
 // A vsockd and a vsockperf server: on the host (hybrid, guest -> host tests) or as the
@@ -220,8 +210,9 @@ class VsockperfTest : public ::testing::Test {
                             "hvsock://" + daemon_.uds_path() + ":" + std::to_string(kPort)},
                            dir_.File("server.log"))
                     .ok());
-    ASSERT_TRUE(WaitFor([&] { return Exists(daemon_.uds_path() + "_" + std::to_string(kPort)); }))
-        << server_.Log();
+    ASSERT_TRUE(WaitFor([&] {
+      return PathExists(daemon_.uds_path() + "_" + std::to_string(kPort));
+    })) << server_.Log();
   }
   void StartGuestServer() {
     ASSERT_TRUE(server_
@@ -392,7 +383,7 @@ TEST(VsockperfServerTest, DropsBadHeadersAndKeepsServing) {
   Subprocess server;
   std::string path = dir.File("perf.sock");
   ASSERT_TRUE(server.Start({Vsockperf(), "-s", "unix:" + path}, dir.File("server.log")).ok());
-  ASSERT_TRUE(WaitFor([&] { return Exists(path); })) << server.Log();
+  ASSERT_TRUE(WaitFor([&] { return PathExists(path); })) << server.Log();
   {
     auto fd = ConnectUnix(path);
     ASSERT_TRUE(fd.ok());
@@ -418,6 +409,37 @@ TEST(VsockperfServerTest, DropsBadHeadersAndKeepsServing) {
   EXPECT_NE(server.Log().find("bad magic"), std::string::npos) << server.Log();
   int status = server.Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << server.Log();
+}
+
+// --seqpacket: a server on the hybrid SEQPACKET name "<uds>_PORT.seqpacket" (where vsockd
+// sends guests' SEQPACKET connects), reached directly as unix: by a --seqpacket client.
+TEST(VsockperfSeqpacketTest, ThroughputReverseAndLatencyOverSeqpacket) {
+  TempDir dir;
+  Subprocess server;
+  const std::string uds = dir.File("vm.vsock");
+  ASSERT_TRUE(server
+                  .Start({Vsockperf(), "--seqpacket", "-s", "hvsock://" + uds + ":7300"},
+                         dir.File("server.log"))
+                  .ok());
+  const std::string path = uds + "_7300.seqpacket";
+  ASSERT_TRUE(WaitFor([&] { return PathExists(path); })) << server.Log();
+  EXPECT_FALSE(PathExists(uds + "_7300"));
+  auto r = RunPerf(dir, "--seqpacket -c unix:" + path + " -n 8M -l 64K --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out << server.Log();
+  EXPECT_EQ(ParseJson(r)["summary"]["receiver"]["bytes"], 8ull << 20);
+  r = RunPerf(dir, "--seqpacket -c unix:" + path + " -n 4M -l 100K -R --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out << server.Log();
+  EXPECT_EQ(ParseJson(r)["summary"]["receiver"]["bytes"], 4ull << 20);
+  r = RunPerf(dir, "--seqpacket -c unix:" + path + " --latency --count 50 --size 1000");
+  EXPECT_EQ(r.exit_code, 0) << r.err << r.out << server.Log();
+  // A stream client finds no stream socket there.
+  r = RunPerf(dir, "-c unix:" + path + " -n 1M");
+  EXPECT_EQ(r.exit_code, 1) << r.err << r.out;
+  int status = server.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << server.Log();
+  r = RunPerf(dir, "--seqpacket -c unix:/x -l 256K");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("at most 128K"), std::string::npos) << r.err;
 }
 
 TEST(VsockperfCliTest, BadArgumentsExit2WithAMessage) {

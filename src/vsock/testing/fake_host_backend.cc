@@ -54,7 +54,9 @@ void FakeHostBackend::Complete(const ConnectionInfo& info, const ConnectDone& do
     return;
   }
   int sv[2];
-  if (::socketpair(AF_UNIX, socket_type_ | SOCK_CLOEXEC, 0, sv) < 0) {
+  // A SEQPACKET connection always gets a SOCK_SEQPACKET pair (what a real backend must do).
+  int type = info.type == VIRTIO_VSOCK_TYPE_SEQPACKET ? SOCK_SEQPACKET : socket_type_;
+  if (::socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, sv) < 0) {
     done(ErrnoError("socketpair"));
     return;
   }

@@ -35,7 +35,8 @@ class FakeHostBackend : public HostBackend {
   // While held, connects stay pending until ReleaseHeld().
   void set_hold(bool on) { hold_ = on; }
   void ReleaseHeld();
-  // Socket type of the pairs (SOCK_SEQPACKET makes every device write/read one record, which
+  // Socket type of STREAM connections' pairs (SEQPACKET connections always get SOCK_SEQPACKET;
+  // SOCK_SEQPACKET makes every device write/read one record, which
   // lets tests see the device's syscall boundaries).
   void set_socket_type(int type) { socket_type_ = type; }
   // SO_SNDBUF for the device's end (a small one makes a slow host reader quickly).
