@@ -184,11 +184,12 @@ TEST(DaemonOptionsTest, HelpAndVersionExit0) {
 // --- Several VMs: --vm and --config -------------------------------------------------------
 
 TEST(DaemonOptionsTest, VmSpecAcceptsDashAndUnderscoreKeys) {
+  const std::string vm3 =
+      "guest-cid=3,socket=/s3,uds-path=/u3,tx-buffer-size=65536,queue-size=256,"
+      "groups=group1+groupA";
   ParseOutcome out =
-      Parse({"--vm",
-             "guest-cid=3,socket=/s3,uds-path=/u3,tx-buffer-size=65536,queue-size=256,"
-             "groups=group1+groupA",
-             "--vm", "guest_cid=4,socket=/s4,uds_path=/u4,tx_buffer_size=32768,queue_size=512",
+      Parse({"--vm", vm3, "--vm",
+             "guest_cid=4,socket=/s4,uds_path=/u4,tx_buffer_size=32768,queue_size=512",
              "--connect-timeout-ms", "700", "--ok-reply", "guest-port", "--workers", "2"});
   ASSERT_TRUE(out.run) << out.output;
   ASSERT_EQ(out.options.vms.size(), 2u);

@@ -73,7 +73,7 @@ class SiblingConnectOp : public vsock::PendingConnect {
 void FinishLater(const std::shared_ptr<OpState>& state, std::chrono::milliseconds delay,
                  Error error) {
   std::weak_ptr<OpState> weak = state;
-  state->timer = state->loop->AddTimer(delay, [weak, error] {
+  state->timer = state->loop->AddTimer(delay, [weak, error = std::move(error)] {
     auto s = weak.lock();
     if (!s) return;
     s->timer = 0;

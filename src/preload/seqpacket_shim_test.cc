@@ -127,7 +127,7 @@ TEST_F(SeqpacketShimTest, PythonServerHearsAGuestSeqpacketConnect) {
   loop_.Call([&] {
     guest_->Connect(
         9100,
-        [&](vguest::Stream* s, Status st) {
+        [&](vguest::Stream* s, const Status& st) {
           if (!st.ok()) return;
           stream = s;
           s->on_message = [&](std::span<const uint8_t> m, uint32_t) {

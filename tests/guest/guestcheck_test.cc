@@ -117,26 +117,26 @@ class GuestcheckTest : public ::testing::Test {
   // A guest -> host connection to host port `port`, driven by a StreamDriver sending `out`.
   // The listener's socket file appears at bind(), a moment before listen(): a refused
   // connect is retried.
-  std::shared_ptr<StreamObserver> GuestConnect(uint32_t port, std::vector<uint8_t> out,
+  std::shared_ptr<StreamObserver> GuestConnect(uint32_t port, const std::vector<uint8_t>& out,
                                                bool close_at_once = false) {
     auto obs = std::make_shared<StreamObserver>();
     for (int attempt = 0; attempt < 500; ++attempt) {
       auto outcome = std::make_shared<std::atomic<int>>(0);  // 1 connected, 2 failed
       loop_.Call([&] {
-        guest_->Connect(port,
-                        [this, obs, out, close_at_once, outcome](vguest::Stream* s, Status st) {
-                          if (!st.ok()) {
-                            *outcome = 2;
-                            return;
-                          }
-                          *outcome = 1;
-                          if (close_at_once) {
-                            s->Close();
-                            return;
-                          }
-                          drivers_.push_back(std::make_unique<StreamDriver>(s, obs, out));
-                          drivers_.back()->Start();
-                        });
+        guest_->Connect(
+            port, [this, obs, out, close_at_once, outcome](vguest::Stream* s, const Status& st) {
+              if (!st.ok()) {
+                *outcome = 2;
+                return;
+              }
+              *outcome = 1;
+              if (close_at_once) {
+                s->Close();
+                return;
+              }
+              drivers_.push_back(std::make_unique<StreamDriver>(s, obs, out));
+              drivers_.back()->Start();
+            });
         return 0;
       });
       EXPECT_TRUE(WaitFor([&] { return outcome->load() != 0; }));
@@ -340,6 +340,7 @@ TEST_F(GuestcheckTest, ServeSourceAndEchoManyConnections) {
   const size_t n = 512 << 10;
   auto bg = Serve(6002, "--mode source --bytes 512K --seed 11 --count 3");
   std::vector<std::shared_ptr<StreamObserver>> obs;
+  obs.reserve(3);
   for (int i = 0; i < 3; ++i) obs.push_back(GuestConnect(6002, {}));
   const RunResult& r = bg->Join();
   ASSERT_EQ(r.exit_code, 0) << r.output << daemon_.Log();
@@ -380,7 +381,9 @@ TEST(GuestcheckCliTest, UsageErrorsExitTwo) {
         "serve --listen unix:/x --mode bogus", "serve --mode echo",
         "serve --listen unix:/x --mode source", "recv", "expect-refused unix:/x --errno nope",
         "hold unix:/x --expect maybe"}) {
-    auto r = RunCommand(g + " " + args);
+    std::string cmd = g + " ";
+    cmd += args;
+    auto r = RunCommand(cmd);
     EXPECT_EQ(r.exit_code, 2) << args << ": " << r.output;
   }
   auto help = RunCommand(g + " --help");

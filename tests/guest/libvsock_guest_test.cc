@@ -315,6 +315,7 @@ TEST(LoopbackTest, ManyConnectionsAtOnce) {
     ASSERT_FALSE(ec) << i << ": " << why;
   }
   std::vector<std::thread> workers;
+  workers.reserve(kConns);
   std::vector<uint64_t> got(kConns), want(kConns);
   for (int i = 0; i < kConns; ++i) {
     workers.emplace_back([&, i] {

@@ -409,7 +409,8 @@ TEST_F(MultiVmTest, FrontendGoingAwayLeavesTheOthersAlone) {
   auto acc = Listen(4, 7000, {});
   auto [s, st] = Connect(3, 4, 7000);
   ASSERT_TRUE(st.ok()) << st.error().ToString();
-  loop_.Call([&] { return s->Write("hello", 5); });
+  // Clang before 16 cannot capture a structured binding: capture a copy of the pointer.
+  loop_.Call([stream = s] { return stream->Write("hello", 5); });
   ASSERT_TRUE(WaitFor([&] { return acc->obs->received.load() == 5; }));
   Detach(3);
   // B's side ends cleanly: EOF (SHUTDOWN) and then closed, not left hanging.

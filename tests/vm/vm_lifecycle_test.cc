@@ -33,7 +33,6 @@ using vsockd::testing::Fnv1a;
 using vsockd::testing::PatternBytes;
 using vsockd::testing::ReadToEof;
 using vsockd::testing::SetSocketTimeouts;
-using vsockd::testing::WaitFor;
 using Clock = std::chrono::steady_clock;
 
 constexpr auto kCmd = std::chrono::seconds(120);
