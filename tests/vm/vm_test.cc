@@ -27,13 +27,11 @@ namespace vsockd::vmtest {
 namespace {
 
 using ::testing::HasSubstr;
-using vsockd::testing::Daemon;
 using vsockd::testing::EchoServer;
 using vsockd::testing::Fnv1a;
 using vsockd::testing::PatternBytes;
 using vsockd::testing::ReadToEof;
 using vsockd::testing::SetSocketTimeouts;
-using vsockd::testing::TempDir;
 
 constexpr auto kCmd = std::chrono::seconds(60);
 
