@@ -85,9 +85,17 @@ TEST(VsockcatSeqpacketTest, ListenAcceptsAGuestSeqpacketConnect) {
   const std::string path = uds + "_7000.seqpacket";
   ASSERT_TRUE(WaitFor([&] { return PathExists(path); }, 20s)) << cat.Log();
   EXPECT_FALSE(PathExists(uds + "_7000"));  // not the stream name
-  int g = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  // The file exists a moment before listen(): retry a refused connect.
+  int g = -1;
   sockaddr_un a = UnixAddr(path);
-  ASSERT_EQ(::connect(g, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        if (g >= 0) ::close(g);
+        g = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        return ::connect(g, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      },
+      20s))
+      << std::strerror(errno);
   ASSERT_EQ(::send(g, "m1", 2, 0), 2);
   ASSERT_EQ(::send(g, "m2", 2, 0), 2);
   EXPECT_EQ(Recv(g), "reply");  // stdin as one message
