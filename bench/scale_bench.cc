@@ -108,13 +108,9 @@ void Must(const Status& st, const char* what) {
   }
 }
 
+// Until a socket listens at `path` (not just exists: clients here do not retry).
 bool WaitForPath(const std::string& path, std::chrono::milliseconds timeout = 10s) {
-  return WaitFor(
-      [&] {
-        struct stat st;
-        return ::stat(path.c_str(), &st) == 0;
-      },
-      timeout);
+  return WaitFor([&] { return testing::UnixListening(path); }, timeout);
 }
 
 // ---- /proc figures of the daemon ----
@@ -504,10 +500,13 @@ struct ScaleResult {
   double attach_seconds = 0;
   ConnectOutcome one_vm, rest, h2g_one, h2g_all;
   uint64_t held_by_holders = 0;
+  double raw_conn_rate = 0;  // raw AF_UNIX connections/s, measured in the same run
 };
 
 ScaleResult RunScale(const Options& o) {
   ScaleResult s;
+  // The baseline for the set-up rates: raw AF_UNIX between two processes, same run.
+  if (auto raw = RawUnixConnectRate(2.0); raw.ok()) s.raw_conn_rate = *raw;
   s.vms = o.vms;
   s.conns_per_vm = s.requested_conns_per_vm = o.conns_per_vm;
   uint64_t total = static_cast<uint64_t>(o.vms) * o.conns_per_vm;
@@ -877,8 +876,11 @@ std::string ReportScale(const ScaleResult& s) {
   std::printf("(all-in deltas over the connections: %.2f KiB RSS, %s KiB PSS per connection)\n",
               c_rss, c_pss < 0 ? "n/a" : fmt::format("{:.2f}", c_pss).c_str());
   std::printf("attach: %d guests in %.2f s\n", s.vms, s.attach_seconds);
-  auto conn_line = [](const char* what, const ConnectOutcome& c) {
-    std::printf("%-46s %9.0f conn/s  (%lu in %.2f s%s%s)\n", what, c.rate(),
+  std::printf("raw AF_UNIX (connect, 1-byte answer, close), same run: %9.0f conn/s\n",
+              s.raw_conn_rate);
+  auto conn_line = [&s](const char* what, const ConnectOutcome& c) {
+    std::printf("%-46s %9.0f conn/s  %5.2fx raw  (%lu in %.2f s%s%s)\n", what, c.rate(),
+                s.raw_conn_rate > 0 ? c.rate() / s.raw_conn_rate : 0.0,
                 static_cast<unsigned long>(c.ok), c.seconds,
                 c.failed ? fmt::format(", {} FAILED", c.failed).c_str() : "",
                 c.failed ? (": " + c.first_error).c_str() : "");
@@ -905,14 +907,15 @@ std::string ReportScale(const ScaleResult& s) {
       "\"pss\": {}, \"fds\": {}}},\n"
       "    \"attach_seconds\": {:.3f},\n"
       "    \"g2h_setup_one_vm\": {},\n    \"g2h_setup_other_vms_at_once\": {},\n"
-      "    \"h2g_setup_one_client_one_vm\": {},\n    \"h2g_setup_four_clients_all_vms\": {}\n  }}",
+      "    \"h2g_setup_one_client_one_vm\": {},\n    \"h2g_setup_four_clients_all_vms\": {},\n"
+      "    \"raw_af_unix_conn_per_s\": {}\n  }}",
       s.vms, s.conns_per_vm, s.requested_conns_per_vm, s.capped_note, opened,
       s.one_vm.failed + s.rest.failed, s.limits, s.vsockd_nofile, s.holders, s.held_by_holders,
       MemJson(s.one_vm_daemon), MemJson(s.before), MemJson(s.attached), MemJson(s.loaded),
       Json(cfg_rss), Json(cfg_anon), Json(cfg_fds), Json(vm_rss), Json(vm_anon), Json(vm_pss),
       Json(guest_ram_vm), Json(own_c), Json(c_rss), Json(c_anon), Json(c_pss), Json(c_fds),
       s.attach_seconds, ConnJson(s.one_vm), ConnJson(s.rest), ConnJson(s.h2g_one),
-      ConnJson(s.h2g_all));
+      ConnJson(s.h2g_all), Json(s.raw_conn_rate));
 }
 
 std::string ReportThroughput(const Options& o, const std::vector<TputRow>& rows,
@@ -1012,6 +1015,8 @@ int ScaleBenchMain(int argc, char** argv) {
   if (role == "holder") return vsockd::bench::RunHolder(path);
   if (role == "listen-sink") return vsockd::bench::RunSink(path, /*listen=*/true);
   if (role == "connect-sink") return vsockd::bench::RunSink(path, /*listen=*/false);
+  // bench_common's roles (the raw AF_UNIX connect-rate baseline's acceptor).
+  if (role == "acceptor") return vsockd::bench::RunRole(role, path, 0, 0, 0);
   if (!role.empty()) {
     std::fprintf(stderr, "unknown role '%s'\n", role.c_str());
     return 2;

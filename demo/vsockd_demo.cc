@@ -162,8 +162,9 @@ int Demo(const Args& args) {
   {
     Subprocess server;
     const std::string addr = "hvsock://" + daemon.uds_path() + ":5201";
-    if (auto st = server.Start({testing::BuiltBinary("src/tools/vsockperf/vsockperf"), "-s", addr},
-                               dir.File("vsockperf.log"));
+    if (auto st = server.Start(
+            testing::Guarded({testing::BuiltBinary("src/tools/vsockperf/vsockperf"), "-s", addr}),
+            dir.File("vsockperf.log"));
         !st.ok()) {
       return Fail(st.error().ToString());
     }

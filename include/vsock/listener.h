@@ -60,15 +60,25 @@ class VSOCK_API Listener {
   Stream accept(std::error_code& ec);
   // Waits at most `timeout` (poll) for a connection: std::errc::timed_out if none came.
   Stream accept(std::chrono::milliseconds timeout, std::error_code& ec);
-  // For a SocketType::seqpacket Listener: the same, as a SeqpacketSocket.
-  SeqpacketSocket accept_seqpacket(std::error_code& ec) { return SeqpacketSocket(accept(ec)); }
+  // For a SocketType::seqpacket Listener: the same, as a SeqpacketSocket
+  // (std::errc::invalid_argument on a stream Listener).
+  SeqpacketSocket accept_seqpacket(std::error_code& ec) {
+    if (!is_seqpacket(ec)) return {};
+    return SeqpacketSocket(accept(ec));
+  }
   SeqpacketSocket accept_seqpacket(std::chrono::milliseconds timeout, std::error_code& ec) {
+    if (!is_seqpacket(ec)) return {};
     return SeqpacketSocket(accept(timeout, ec));
   }
   SocketType type() const { return type_; }
   void set_nonblocking(bool on, std::error_code& ec);
 
  private:
+  bool is_seqpacket(std::error_code& ec) const {
+    if (type_ == SocketType::seqpacket) return true;
+    ec = std::make_error_code(std::errc::invalid_argument);
+    return false;
+  }
   friend VSOCK_API Listener listen(const Address&, SocketType, std::error_code&, int);
   int fd_ = -1;
   bool nonblocking_ = false;

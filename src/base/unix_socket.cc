@@ -1,7 +1,6 @@
 #include "base/unix_socket.h"
 
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstring>
 
@@ -39,33 +38,6 @@ Result<Fd> ListenUnix(const std::string& path, int backlog, bool nonblocking, in
       }
       ::unlink(path.c_str());
     }
-  }
-  // A socket file must only appear once it accepts connections: whoever waits for the
-  // file (a script, QEMU, a test) would otherwise get ECONNREFUSED between bind() and
-  // listen(). So bind a temporary name beside it, listen, then rename() it into place.
-  std::string tmp;
-  sockaddr_un tmp_addr;
-  if (path[0] != '@') {
-    tmp = fmt::format("{}.{}.tmp", path, ::getpid());
-    auto tmp_len = MakeUnixAddress(tmp, &tmp_addr);
-    if (tmp_len.ok()) {
-      ::unlink(tmp.c_str());
-      if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&tmp_addr), *tmp_len) < 0) {
-        return ErrnoError("bind '{}'", tmp);
-      }
-      if (::listen(fd.get(), backlog) < 0) {
-        Error e = ErrnoError("listen '{}'", path);
-        ::unlink(tmp.c_str());
-        return e;
-      }
-      if (::rename(tmp.c_str(), path.c_str()) < 0) {
-        Error e = ErrnoError("rename '{}' to '{}'", tmp, path);
-        ::unlink(tmp.c_str());
-        return e;
-      }
-      return fd;
-    }
-    // The temporary name is too long for sun_path: bind the final name directly.
   }
   if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), *len) < 0) {
     return ErrnoError("bind '{}'", path);

@@ -21,9 +21,7 @@ namespace vsockd {
 Result<socklen_t> MakeUnixAddress(const std::string& path, sockaddr_un* addr);
 
 // Creates a listening stream socket at `path`, replacing a stale socket file left there.
-// The socket is close-on-exec; `nonblocking` applies to the listening fd. The file appears
-// already listening (bound under a temporary name, then renamed), so whoever waits for it
-// never sees ECONNREFUSED.
+// The socket is close-on-exec; `nonblocking` applies to the listening fd.
 Result<Fd> ListenUnix(const std::string& path, int backlog = 128, bool nonblocking = true,
                       int type = SOCK_STREAM);
 

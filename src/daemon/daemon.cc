@@ -162,8 +162,6 @@ class Vm {
     connector_.reset();
   }
 
-  vsock::Device* device() { return device_.get(); }
-
  private:
   VmOptions options_;
   EventLoop* loop_;
@@ -242,8 +240,6 @@ Daemon::~Daemon() {
   workers_.clear();
   if (signal_fd_) loop_->Remove(signal_fd_.get());
 }
-
-vsock::Device* Daemon::device() { return vms_.empty() ? nullptr : vms_.front()->device(); }
 
 void Daemon::Run() {
   if (loop_->stopped()) return;

@@ -64,8 +64,6 @@ class Daemon {
 
   // The control loop (signals).
   EventLoop* loop() { return loop_.get(); }
-  // The first VM's device (the single-VM form's only one).
-  vsock::Device* device();
   size_t vm_count() const { return vms_.size(); }
   size_t worker_count() const { return workers_.size(); }
   const Options& options() const { return options_; }

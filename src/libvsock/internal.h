@@ -18,6 +18,11 @@ namespace vsock::detail {
 
 inline std::error_code sys_error(int e) { return {e, std::system_category()}; }
 inline std::error_code last_error() { return sys_error(errno); }
+// Errors of a read/write: EAGAIN on a blocking socket can only be SO_RCVTIMEO/SO_SNDTIMEO.
+inline std::error_code io_error(int e, bool nonblocking) {
+  if ((e == EAGAIN || e == EWOULDBLOCK) && !nonblocking) return sys_error(ETIMEDOUT);
+  return sys_error(e);
+}
 
 // Replaces control and non-ASCII bytes by '?' and cuts at `max` bytes, so that text from a
 // peer or a user can be quoted in a message safely.

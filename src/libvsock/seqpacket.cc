@@ -9,16 +9,6 @@
 #include "libvsock/internal.h"
 
 namespace vsock {
-namespace {
-
-// As for streams: EAGAIN on a blocking socket can only be SO_RCVTIMEO/SO_SNDTIMEO.
-std::error_code io_error(int e, bool nonblocking) {
-  if ((e == EAGAIN || e == EWOULDBLOCK) && !nonblocking) return detail::sys_error(ETIMEDOUT);
-  return detail::sys_error(e);
-}
-
-}  // namespace
-
 size_t SeqpacketSocket::send(const void* buf, size_t len, bool eor, std::error_code& ec) {
   ec.clear();
   if (!is_open()) {
@@ -30,7 +20,7 @@ size_t SeqpacketSocket::send(const void* buf, size_t len, bool eor, std::error_c
     ssize_t n = ::send(native_handle(), buf, len, flags);
     if (n >= 0) return static_cast<size_t>(n);
     if (errno == EINTR) continue;
-    ec = io_error(errno, nonblocking());
+    ec = detail::io_error(errno, nonblocking());
     return 0;
   }
 }
@@ -51,7 +41,7 @@ Message SeqpacketSocket::receive(void* buf, size_t len, std::error_code& ec) {
     ssize_t n = ::recvmsg(native_handle(), &msg, MSG_TRUNC);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
-      ec = io_error(errno, nonblocking());
+      ec = detail::io_error(errno, nonblocking());
       return m;
     }
     m.full_size = static_cast<size_t>(n);

@@ -41,12 +41,6 @@ std::error_code set_nonblocking(int fd, bool on) {
 
 namespace {
 
-// Errors of a read/write: EAGAIN on a blocking socket can only be SO_RCVTIMEO/SO_SNDTIMEO.
-std::error_code io_error(int e, bool nonblocking) {
-  if ((e == EAGAIN || e == EWOULDBLOCK) && !nonblocking) return detail::sys_error(ETIMEDOUT);
-  return detail::sys_error(e);
-}
-
 timeval to_timeval(std::chrono::milliseconds t) {
   if (t.count() < 0) t = std::chrono::milliseconds(0);
   timeval tv{};
@@ -103,7 +97,7 @@ size_t Stream::read_some(void* buf, size_t len, std::error_code& ec) {
     ssize_t n = ::recv(fd_, buf, len, 0);
     if (n >= 0) return static_cast<size_t>(n);
     if (errno == EINTR) continue;
-    ec = io_error(errno, nonblocking_);
+    ec = detail::io_error(errno, nonblocking_);
     return 0;
   }
 }
@@ -130,7 +124,7 @@ size_t Stream::write_some(const void* buf, size_t len, std::error_code& ec) {
     ssize_t n = ::send(fd_, buf, len, MSG_NOSIGNAL);
     if (n >= 0) return static_cast<size_t>(n);
     if (errno == EINTR) continue;
-    ec = io_error(errno, nonblocking_);
+    ec = detail::io_error(errno, nonblocking_);
     return 0;
   }
 }

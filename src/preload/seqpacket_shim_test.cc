@@ -8,10 +8,8 @@
 // shim that failed to load fails the test instead of touching this machine's vsock.
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -23,22 +21,6 @@ namespace vsockd::testing {
 namespace {
 
 using namespace std::chrono_literals;
-
-// True once a listening socket is bound at `path` (/proc/net/unix: flag __SO_ACCEPTCON). The
-// shim creates the file at bind(), a moment before the program's listen().
-bool UnixListening(const std::string& path) {
-  std::ifstream in("/proc/net/unix");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.size() < path.size() || line.compare(line.size() - path.size(), path.size(), path))
-      continue;
-    std::istringstream fields(line);
-    std::string num, refs, proto, flags;
-    fields >> num >> refs >> proto >> flags;
-    if ((std::stoul(flags, nullptr, 16) & 0x10000u) != 0) return true;
-  }
-  return false;
-}
 
 class SeqpacketShimTest : public ::testing::Test {
  protected:

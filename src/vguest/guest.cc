@@ -150,7 +150,6 @@ void Guest::InitQueues(bool fresh) {
     tx_payload_free_.push_back(i - 1);
   }
   tx_chains_.assign(qs, TxChain{});
-  tx_in_flight_ = 0;
   pending_control_.clear();
 }
 
@@ -450,6 +449,13 @@ void Guest::OnCall(int index) {
 void Guest::Drain(std::chrono::milliseconds timeout, std::function<void()> done) {
   if (drain_timer_ != 0) loop_->CancelTimer(drain_timer_);
   drain_timer_ = 0;
+  if (drain_done_) {
+    // A second Drain replaces the first: both callbacks run when the backlog is gone.
+    done = [first = std::move(drain_done_), second = std::move(done)] {
+      first();
+      second();
+    };
+  }
   drain_done_ = std::move(done);
   if (running_ && !gone_) {
     FlushPendingControl();
@@ -638,7 +644,6 @@ void Guest::SendData(const PacketHeader& hdr, std::span<const uint8_t> payload) 
   tx_hdr_free_.pop_back();
   tx_payload_free_.pop_back();
   tx_chains_[*head] = TxChain{static_cast<int32_t>(hslot), static_cast<int32_t>(pslot)};
-  ++tx_in_flight_;
   ++stats_.tx_packets;
   stats_.tx_bytes += payload.size();
   ScheduleFlush();
@@ -658,7 +663,6 @@ bool Guest::PutControl(const PacketHeader& hdr) {
   if (!head.ok()) return false;
   tx_hdr_free_.pop_back();
   tx_chains_[*head] = TxChain{static_cast<int32_t>(hslot), -1};
-  ++tx_in_flight_;
   ++stats_.tx_packets;
   if (hdr.op == VIRTIO_VSOCK_OP_RST) ++stats_.rst_sent;
   ScheduleFlush();
@@ -718,7 +722,6 @@ void Guest::ReapTx() {
     tx_hdr_free_.push_back(static_cast<uint32_t>(c.hdr_slot));
     if (c.payload_slot >= 0) tx_payload_free_.push_back(static_cast<uint32_t>(c.payload_slot));
     c = TxChain{};
-    --tx_in_flight_;
   }
 }
 

@@ -150,7 +150,10 @@ class Guest : private StreamHost {
 
   // Packets of ours the device has not consumed yet (tx chains not returned as used, plus
   // control packets still waiting for tx room).
-  size_t tx_backlog() const { return tx_in_flight_ + pending_control_.size(); }
+  size_t tx_backlog() const {
+    // Every chain of ours holds one header slot until the device returns it.
+    return options_.queue_size - tx_hdr_free_.size() + pending_control_.size();
+  }
   // Publishes and kicks what is queued, then calls `done` once the device has consumed all
   // of it (tx_backlog() == 0), the backend went away, or `timeout` passed. A guest about to
   // detach calls this first, as a kernel keeps sending a closed socket's data: without it
@@ -291,7 +294,6 @@ class Guest : private StreamHost {
   std::vector<virtio::UsedElem> raw_tx_used_;
   bool raw_tx_ = false;
   bool flush_scheduled_ = false;
-  size_t tx_in_flight_ = 0;  // chains of ours on tx, not yet used
   std::function<void()> drain_done_;
   uint64_t drain_timer_ = 0;
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "base/log.h"
 
@@ -81,13 +82,18 @@ size_t Stream::Write(const void* data, size_t len) {
     return st.ok() ? len : 0;
   }
   if (state_ != State::kEstablished || app_closed_ ||
-      (shutdown_sent_ & VIRTIO_VSOCK_SHUTDOWN_SEND) ||
+      ((shutdown_sent_ | shutdown_deferred_) & VIRTIO_VSOCK_SHUTDOWN_SEND) ||
       (peer_shutdown_ & VIRTIO_VSOCK_SHUTDOWN_RCV)) {
     return 0;
   }
-  const auto* bytes = static_cast<const uint8_t*>(data);
-  size_t taken = 0;
-  while (taken < len) {
+  size_t taken = SendRw(static_cast<const uint8_t*>(data), len, 0);
+  if (taken < len) write_blocked_ = true;
+  return taken;
+}
+
+size_t Stream::SendRw(const uint8_t* data, size_t len, uint32_t last_flags) {
+  size_t sent = 0;
+  while (sent < len) {
     uint32_t credit = peer_credit();
     if (credit == 0) break;  // a packet with a fresher fwd_cnt will unblock us
     size_t room = host_->TxRoom();
@@ -99,14 +105,14 @@ size_t Stream::Write(const void* data, size_t len) {
       break;
     }
     size_t n = std::min(
-        {len - taken, static_cast<size_t>(credit), room, static_cast<size_t>(kMaxPacketPayload)});
-    PacketHeader hdr = MakeHeader(VIRTIO_VSOCK_OP_RW, static_cast<uint32_t>(n));
+        {len - sent, static_cast<size_t>(credit), room, static_cast<size_t>(kMaxPacketPayload)});
+    uint32_t flags = sent + n == len ? last_flags : 0;
+    PacketHeader hdr = MakeHeader(VIRTIO_VSOCK_OP_RW, static_cast<uint32_t>(n), flags);
     tx_cnt_ += static_cast<uint32_t>(n);
-    host_->SendData(hdr, std::span<const uint8_t>(bytes + taken, n));
-    taken += n;
+    host_->SendData(hdr, std::span<const uint8_t>(data + sent, n));
+    sent += n;
   }
-  if (taken < len) write_blocked_ = true;
-  return taken;
+  return sent;
 }
 
 Status Stream::WriteMessage(std::span<const uint8_t> message, bool eor) {
@@ -114,7 +120,7 @@ Status Stream::WriteMessage(std::span<const uint8_t> message, bool eor) {
   if (state_ != State::kEstablished || app_closed_) {
     return MakeError(ENOTCONN, "port {}: not connected", local_port());
   }
-  if ((shutdown_sent_ & VIRTIO_VSOCK_SHUTDOWN_SEND) ||
+  if (((shutdown_sent_ | shutdown_deferred_) & VIRTIO_VSOCK_SHUTDOWN_SEND) ||
       (peer_shutdown_ & VIRTIO_VSOCK_SHUTDOWN_RCV)) {
     return MakeError(EPIPE, "port {}: sending is shut down", local_port());
   }
@@ -138,29 +144,17 @@ Status Stream::WriteMessage(std::span<const uint8_t> message, bool eor) {
 
 void Stream::ContinueMessage() {
   if (state_ != State::kEstablished || app_closed_) return;
-  while (out_msg_off_ < out_msg_.size()) {
-    uint32_t credit = peer_credit();
-    if (credit == 0) break;  // a packet with a fresher fwd_cnt calls us again
-    size_t room = host_->TxRoom();
-    if (room == 0) {
-      if (!waiting_tx_room_) {
-        waiting_tx_room_ = true;
-        host_->WaitForTxRoom(this);
-      }
-      break;
-    }
-    size_t n = std::min({out_msg_.size() - out_msg_off_, static_cast<size_t>(credit), room,
-                         static_cast<size_t>(kMaxPacketPayload)});
-    bool last = out_msg_off_ + n == out_msg_.size();
-    uint32_t flags = last ? (VIRTIO_VSOCK_SEQ_EOM | (out_eor_ ? VIRTIO_VSOCK_SEQ_EOR : 0)) : 0;
-    PacketHeader hdr = MakeHeader(VIRTIO_VSOCK_OP_RW, static_cast<uint32_t>(n), flags);
-    tx_cnt_ += static_cast<uint32_t>(n);
-    host_->SendData(hdr, std::span<const uint8_t>(out_msg_.data() + out_msg_off_, n));
-    out_msg_off_ += n;
-  }
+  // EOM (and EOR) only on the message's last fragment.
+  const uint32_t last = VIRTIO_VSOCK_SEQ_EOM | (out_eor_ ? VIRTIO_VSOCK_SEQ_EOR : 0);
+  out_msg_off_ += SendRw(out_msg_.data() + out_msg_off_, out_msg_.size() - out_msg_off_, last);
   if (out_msg_off_ == out_msg_.size() && !out_msg_.empty()) {
     out_msg_.clear();
     out_msg_off_ = 0;
+    if (shutdown_deferred_ != 0) {
+      uint32_t bits = std::exchange(shutdown_deferred_, 0u);
+      shutdown_sent_ |= bits;
+      SendOp(VIRTIO_VSOCK_OP_SHUTDOWN, bits);
+    }
   }
 }
 
@@ -174,8 +168,13 @@ void Stream::DeliverMessage(std::vector<uint8_t> message, uint32_t flags) {
 void Stream::Shutdown(bool no_more_receive, bool no_more_send) {
   uint32_t bits = (no_more_receive ? VIRTIO_VSOCK_SHUTDOWN_RCV : 0) |
                   (no_more_send ? VIRTIO_VSOCK_SHUTDOWN_SEND : 0);
-  uint32_t fresh = bits & ~shutdown_sent_;
+  uint32_t fresh = bits & ~(shutdown_sent_ | shutdown_deferred_);
   if (fresh == 0 || state_ != State::kEstablished) return;
+  if ((fresh & VIRTIO_VSOCK_SHUTDOWN_SEND) && message_backlog() > 0) {
+    // The message being sent goes out whole first: SHUTDOWN(SEND) follows its EOM.
+    shutdown_deferred_ |= fresh;
+    return;
+  }
   shutdown_sent_ |= fresh;
   SendOp(VIRTIO_VSOCK_OP_SHUTDOWN, fresh);
 }

@@ -168,6 +168,9 @@ class Stream {
   void MaybeFinishAfterPeerShutdown();
   void MaybeNotifyWritable();
   void ContinueMessage();
+  // RW packets of `data` as far as credit and tx room allow; `last_flags` (EOM/EOR) go on
+  // the packet that ends `data`. Returns the bytes sent.
+  size_t SendRw(const uint8_t* data, size_t len, uint32_t last_flags);
   void DeliverMessage(std::vector<uint8_t> message, uint32_t flags);
   void Finish(Status status);
 
@@ -189,8 +192,9 @@ class Stream {
   uint32_t peer_buf_alloc_ = 0;
   uint32_t peer_fwd_cnt_ = 0;
 
-  uint32_t shutdown_sent_ = 0;  // VIRTIO_VSOCK_SHUTDOWN_* bits we sent
-  uint32_t peer_shutdown_ = 0;  // bits the peer sent (sticky)
+  uint32_t shutdown_sent_ = 0;      // VIRTIO_VSOCK_SHUTDOWN_* bits we sent
+  uint32_t shutdown_deferred_ = 0;  // bits to send once the outgoing message is out
+  uint32_t peer_shutdown_ = 0;      // bits the peer sent (sticky)
 
   // SEQPACKET: the message going out, and the one being reassembled.
   std::vector<uint8_t> out_msg_;

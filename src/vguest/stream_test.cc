@@ -447,5 +447,34 @@ TEST_F(StreamTest, LocalResetReportsGivenError) {
   EXPECT_TRUE(host_.sent.empty());
 }
 
+// SEQPACKET: a SHUTDOWN(SEND) asked for while a message is still going out (credit ran
+// short) waits for that message's EOM; nothing is sent after the SHUTDOWN.
+TEST_F(StreamTest, SeqpacketShutdownWaitsForTheOutgoingMessage) {
+  StreamConfig c = Config();
+  c.type = VIRTIO_VSOCK_TYPE_SEQPACKET;
+  Stream s(&host_, c);
+  s.StartConnect([](Stream*, const Status&) {});
+  auto resp = FromPeer(VIRTIO_VSOCK_OP_RESPONSE, 0, 0, 8192);
+  resp.type = VIRTIO_VSOCK_TYPE_SEQPACKET;
+  s.OnPacket(resp, {});
+  host_.sent.clear();
+  // 4000 bytes of the 8192 credit go to a first message; the second (6000) stops half-way.
+  ASSERT_TRUE(s.WriteMessage(Bytes(std::string(4000, 'a'))).ok());
+  host_.sent.clear();
+  ASSERT_TRUE(s.WriteMessage(Bytes(std::string(6000, 'm'))).ok());
+  ASSERT_GT(s.message_backlog(), 0u);
+  s.Shutdown(false, true);
+  ASSERT_EQ(host_.Ops(), std::vector<uint16_t>{VIRTIO_VSOCK_OP_RW});  // held back
+  EXPECT_FALSE(s.WriteMessage(Bytes("x")).ok());                      // no new message
+  auto credit = FromPeer(VIRTIO_VSOCK_OP_CREDIT_UPDATE, 0, 0, 8192);
+  credit.type = VIRTIO_VSOCK_TYPE_SEQPACKET;
+  credit.fwd_cnt = 4000 + 4192;
+  s.OnPacket(credit, {});
+  ASSERT_EQ(host_.Ops(), (std::vector<uint16_t>{VIRTIO_VSOCK_OP_RW, VIRTIO_VSOCK_OP_RW,
+                                                VIRTIO_VSOCK_OP_SHUTDOWN}));
+  EXPECT_EQ(host_.sent[1].hdr.flags & VIRTIO_VSOCK_SEQ_EOM, VIRTIO_VSOCK_SEQ_EOM);
+  EXPECT_EQ(host_.sent[2].hdr.flags, VIRTIO_VSOCK_SHUTDOWN_SEND);
+}
+
 }  // namespace
 }  // namespace vsockd::vguest

@@ -19,7 +19,7 @@
 //   guest -> host: fragments are copied into the connection's buffer (no zero-copy: the
 //     message must reach the host in one sendmsg, and its fragments arrive in different
 //     batches); on EOM the whole message goes to the host SOCK_SEQPACKET socket in one
-//     sendmsg (MSG_EOR passed along when the guest set EOR; AF_UNIX accepts and ignores it,
+//     sendmsg (EOR cannot be passed on: AF_UNIX has no MSG_EOR,
 //     so what the host sees is the boundary, not the EOR bit). Linux's sender refuses a
 //     message larger than our buf_alloc (EMSGSIZE) and sends fragments only as credit
 //     allows, so a message always fits our buffer; a guest that exceeds credit is reset as
@@ -223,7 +223,7 @@ class Device::Impl {
   }
 
   void FrontendGone() {
-    ResetAll(/*notify_connects=*/true);
+    ResetAll(/*notify_connects=*/true, /*linger=*/true);
     rxq_ = nullptr;
     txq_ = nullptr;
     acked_features_ = 0;
@@ -353,16 +353,18 @@ class Device::Impl {
     conn->host_fd.Reset();
   }
 
-  // The guest went away (frontend gone, driver reset) holding a connection whose bytes we
+  // The frontend went away (the VM is gone) holding a connection whose bytes we
   // accepted (the guest's credit was spent on them) but the host socket had no room for.
   // A kernel would still deliver what sits in the host socket's receive queue, so we keep
   // the host fd for a while and write those bytes, then close: the host peer reads
   // everything the guest sent, then EOF. Bounded by kLingerTimeout and by the connection's
-  // buffer (at most its buf_alloc).
+  // buffer (at most its buf_alloc), and at most max_connections lingers. A driver reset
+  // does not linger: the guest could repeat it at will to pin host fds.
   void LingerHost(Connection* conn) {
     // A seqpacket buffer holds messages, not a byte stream: not worth lingering for (the
     // guest is gone; its queued messages are dropped with the connection).
     if (!conn->host_fd.valid() || conn->buffer.empty() || conn->seqpacket()) return;
+    if (lingers_.size() >= opts_.max_connections) return;  // bounded like connections
     if (conn->host_registered) {
       loop_->Remove(conn->host_fd.get());
       conn->host_registered = false;
@@ -467,7 +469,9 @@ class Device::Impl {
     stats_.connections_active = conns_.size();
   }
 
-  void ResetAll(bool notify_connects) {
+  // linger: deliver what we buffered for host peers (LingerHost); only when the frontend
+  // went away, never on a driver reset, which the guest can repeat at will.
+  void ResetAll(bool notify_connects, bool linger = false) {
     std::vector<GuestConnectDone> dones;
     for (auto& [id, gc] : guest_connects_) {
       if (gc.done) dones.push_back(std::move(gc.done));
@@ -475,7 +479,7 @@ class Device::Impl {
     guest_connects_.clear();
     for (auto& [key, conn] : conns_) {
       if (conn->timer != 0) loop_->CancelTimer(conn->timer);
-      if (!destroying_) LingerHost(conn.get());
+      if (linger && !destroying_) LingerHost(conn.get());
       CloseHost(conn.get());
       DestroyPendingConnect(conn.get());
     }
@@ -791,8 +795,9 @@ class Device::Impl {
       ReplyRst(h);
       return;
     }
-    if (h.type != conn->info().type) {
-      if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+    // An RST ends the connection whatever its type says (the state switch below tells a
+    // pending connect it was refused); any other packet of the wrong type is a violation.
+    if (h.type != conn->info().type && h.op != VIRTIO_VSOCK_OP_RST) {
       return Violation(conn, h, "packet type differs from the connection's");
     }
     conn->UpdatePeerCredit(h);
@@ -917,9 +922,9 @@ class Device::Impl {
     if (conn->seqpacket()) {
       // Copied: the message goes to the host in one sendmsg once its EOM arrives, and its
       // fragments' chains are returned batch by batch.
-      seq_scratch_.resize(h.len);
-      CopyFromIov(chain.readable, kHeaderSize, seq_scratch_.data(), h.len);
-      conn->buffer.Append(seq_scratch_.data(), h.len);
+      seq_slices_.clear();
+      SliceIov(chain.readable, kHeaderSize, h.len, &seq_slices_, SIZE_MAX);
+      for (const iovec& v : seq_slices_) conn->buffer.Append(v.iov_base, v.iov_len);
       stats_.buffered_bytes += h.len;
       conn->partial_bytes += h.len;
       if ((h.flags & VIRTIO_VSOCK_SEQ_EOM) == 0) return true;
@@ -1031,7 +1036,8 @@ class Device::Impl {
       msghdr msg{};
       msg.msg_iov = v;
       msg.msg_iovlen = conn->host_msg_flags ? 2 : 1;
-      int flags = MSG_NOSIGNAL | MSG_DONTWAIT | (m.eor ? MSG_EOR : 0);
+      // No MSG_EOR: AF_UNIX ignores it (EOR crosses sibling bridges in the trailer byte).
+      int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
       ssize_t n = ::sendmsg(conn->host_fd.get(), &msg, flags);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -1158,7 +1164,7 @@ class Device::Impl {
   }
 
   // Pops a usable rx chain (bad ones are returned with used len 0). False when none.
-  bool PopRxChain(DescChain* chain) {
+  bool PopRxChain(DescChain* chain, size_t min_writable = kHeaderSize) {
     for (;;) {
       PopResult r = rxq_->Pop(chain);
       if (r == PopResult::kEmpty) return false;
@@ -1167,7 +1173,7 @@ class Device::Impl {
         return false;
       }
       if (r == PopResult::kOk && chain->readable_bytes == 0 &&
-          chain->writable_bytes >= kHeaderSize) {
+          chain->writable_bytes >= min_writable) {
         return true;
       }
       LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
@@ -1448,20 +1454,8 @@ class Device::Impl {
       uint32_t credit = conn->PeerFree();
       if (credit == 0) break;
       DescChain& ch = rx_pool_[0];
-      bool usable = false;
-      for (;;) {
-        PopResult r = rxq_->Pop(&ch);
-        if (r == PopResult::kEmpty) return Served::kStarved;
-        if (r == PopResult::kBroken) {
-          RxUsable();
-          return Served::kStarved;
-        }
-        usable = r == PopResult::kOk && ch.readable_bytes == 0 && ch.writable_bytes > kHeaderSize;
-        if (usable) break;
-        LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
-                        opts_.guest_cid);
-        rxq_->PushUsed(ch.head, 0);
-      }
+      // A buffer with room for the header and at least one payload byte.
+      if (!PopRxChain(&ch, kHeaderSize + 1)) return Served::kStarved;
       size_t left = conn->out_msg.size() - conn->out_msg_off;
       size_t len = std::min<size_t>(
           {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, static_cast<size_t>(credit), left});
@@ -1522,7 +1516,7 @@ class Device::Impl {
   std::vector<DescChain> rx_pool_;
   std::vector<size_t> rx_caps_;
   std::vector<iovec> rx_iov_;
-  std::vector<uint8_t> seq_scratch_;
+  std::vector<iovec> seq_slices_;  // a SEQPACKET fragment's payload in guest memory
 };
 
 Device::Device(EventLoop* loop, HostBackend* backend, DeviceOptions options)

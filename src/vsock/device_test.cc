@@ -1491,5 +1491,28 @@ TEST_F(SeqpacketTest, ConnectToGuestNeedsAMessageSocket) {
   EXPECT_EQ(device_->stats().connections_active, 0u);
 }
 
+// An RST whose type differs from the connection's still refuses a pending host -> guest
+// connect (a stream one here, SEQPACKET negotiated): the caller learns it at once, not
+// at its own timeout.
+TEST_F(SeqpacketTest, ConnectToGuestRefusedByRstOfAnotherType) {
+  std::optional<Result<uint32_t>> result;
+  auto id =
+      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
+        result = r;
+        return std::nullopt;
+      });
+  ASSERT_TRUE(id.ok());
+  auto req = NextRx();
+  ASSERT_TRUE(req);
+  auto rst = guest_->Header(VIRTIO_VSOCK_OP_RST, 5000, req->hdr.src_port);
+  rst.type = VIRTIO_VSOCK_TYPE_SEQPACKET;
+  ASSERT_TRUE(guest_->Send(rst).ok());
+  Pump();
+  ASSERT_TRUE(result.has_value());
+  ASSERT_FALSE(result->ok());
+  EXPECT_EQ(result->error().code, ECONNREFUSED);
+  EXPECT_EQ(device_->stats().connections_active, 0u);
+}
+
 }  // namespace
 }  // namespace vsockd::vsock

@@ -122,6 +122,23 @@ bool PathExists(const std::string& path) {
   return ::lstat(path.c_str(), &st) == 0;
 }
 
+bool UnixListening(const std::string& path) {
+  std::ifstream in("/proc/net/unix");
+  std::string line;
+  while (std::getline(in, line)) {
+    // "Num RefCount Protocol Flags Type St Inode Path": the path is the last field.
+    if (line.size() <= path.size() || line.compare(line.size() - path.size(), path.size(), path) ||
+        line[line.size() - path.size() - 1] != ' ') {
+      continue;
+    }
+    std::istringstream fields(line);
+    std::string num, refs, proto, flags;
+    fields >> num >> refs >> proto >> flags;
+    if ((std::strtoul(flags.c_str(), nullptr, 16) & 0x10000u) != 0) return true;
+  }
+  return false;
+}
+
 std::string GuardBinary() { return BuiltBinary("tests/guard/no_vsock_guard"); }
 std::string ShimLibrary() { return BuiltBinary("src/preload/libvsock_preload.so"); }
 
@@ -132,6 +149,15 @@ std::vector<std::string> Shimmed(const std::string& run_dir) {
           "VSOCKD_RUN_DIR=" + run_dir,
           "PYTHONUNBUFFERED=1",
           "PYTHONDONTWRITEBYTECODE=1"};
+}
+
+std::vector<std::string> Guarded(std::vector<std::string> argv) {
+  argv.insert(argv.begin(), GuardBinary());
+  return argv;
+}
+
+std::string GuardedCommand(const std::string& built_binary) {
+  return ShellLine({GuardBinary(), BuiltBinary(built_binary)});
 }
 
 std::string SeedProgram(const std::string& name) {
@@ -174,10 +200,7 @@ Status Daemon::Start() {
                                    uds_};
   argv.insert(argv.end(), extra_.begin(), extra_.end());
   VSOCKD_RETURN_IF_ERROR(proc_.Start(argv, log_));
-  bool up = WaitFor([&] {
-    struct stat st;
-    return ::stat(socket_.c_str(), &st) == 0 && ::stat(uds_.c_str(), &st) == 0;
-  });
+  bool up = WaitFor([&] { return UnixListening(socket_) && UnixListening(uds_); });
   if (!up) {
     return MakeError(ETIMEDOUT, "vsockd did not create its sockets; log:\n{}", Log());
   }

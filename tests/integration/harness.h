@@ -92,6 +92,10 @@ std::string BuiltBinary(const std::string& name);
 // or a socket counts).
 std::string ReadFile(const std::string& path);
 bool PathExists(const std::string& path);
+// True once a socket at `path` is listening (/proc/net/unix: __SO_ACCEPTCON). A server's file
+// appears at bind(), a moment before its listen(): wait for this, not for the file, before a
+// client that does not retry (QEMU, a one-shot connect) connects.
+bool UnixListening(const std::string& path);
 
 // Runs an EventLoop on its own thread.
 class LoopThread {
@@ -149,6 +153,11 @@ std::string ShimLibrary();  // src/preload/libvsock_preload.so
 // set (`env`, found on PATH by the guard's execvp, sets the environment, so the guard itself
 // is not preloaded). Python output unbuffered, no .pyc written.
 std::vector<std::string> Shimmed(const std::string& run_dir);
+// Our own tools (vsockcat, vsockperf, guestcheck) also speak vsock:// and run under the
+// guard too: `argv` prefixed with the guard, and the same as a shell command prefix
+// ("<guard> <built binary>").
+std::vector<std::string> Guarded(std::vector<std::string> argv);
+std::string GuardedCommand(const std::string& built_binary);
 // A seed program's path (tests/seed/NAME). Needs VSOCKD_SOURCE_DIR (set for the harness).
 std::string SeedProgram(const std::string& name);
 // Quotes argv for /bin/sh (single quotes, ' as '\'').

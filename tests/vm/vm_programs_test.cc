@@ -403,9 +403,10 @@ class VsockperfServer {
  public:
   VsockperfServer(const std::string& uds_path, uint32_t port, const std::string& log)
       : path_(uds_path + "_" + std::to_string(port)) {
-    start_ = proc_.Start({vsockd::testing::BuiltBinary("src/tools/vsockperf/vsockperf"), "-s",
-                          "hvsock://" + uds_path + ":" + std::to_string(port)},
-                         log);
+    start_ = proc_.Start(
+        vsockd::testing::Guarded({vsockd::testing::BuiltBinary("src/tools/vsockperf/vsockperf"),
+                                  "-s", "hvsock://" + uds_path + ":" + std::to_string(port)}),
+        log);
   }
   // Started and listening on <uds-path>_<port>.
   bool Ready() {

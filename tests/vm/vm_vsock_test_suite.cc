@@ -182,10 +182,10 @@ class VsockTestSuite : public ::testing::Test {
     if (!started.ok()) return "vsockd did not start: " + started.error().ToString();
     bool up = WaitFor(
         [] {
-          struct stat st;
+          // Listening, not just created: QEMU does not retry a refused connect.
           for (uint32_t cid : {kCidA, kCidB}) {
-            if (::stat(Socket(cid).c_str(), &st) != 0) return false;
-            if (::stat(Uds(cid).c_str(), &st) != 0) return false;
+            if (!vsockd::testing::UnixListening(Socket(cid))) return false;
+            if (!vsockd::testing::UnixListening(Uds(cid))) return false;
           }
           return true;
         },

@@ -20,6 +20,14 @@ bool IsSocket(int fd) {
   return ::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+// SOCK_STREAM, SOCK_SEQPACKET, ...; -1 if `fd` is not a socket.
+int SocketType(int fd) {
+  int type = -1;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return -1;
+  return type;
+}
+
 }  // namespace
 
 Relay::Relay(EventLoop* loop, const RelaySide& a, const RelaySide& b, Done on_done,
@@ -55,7 +63,10 @@ void Relay::Start() {
   started_ = true;
   for (Direction& d : dirs_) {
     d.to_is_socket = IsSocket(d.to);
-    if (use_splice_ && d.to_is_socket && IsSocket(d.from)) {
+    d.from_is_seqpacket = SocketType(d.from) == SOCK_SEQPACKET;
+    // Splice only between byte streams: a pipe merges messages (and AF_UNIX / vsock
+    // SEQPACKET sockets fall back to copying without an error that would tell us).
+    if (use_splice_ && SocketType(d.to) == SOCK_STREAM && SocketType(d.from) == SOCK_STREAM) {
       int p[2];
       if (::pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0) {
         d.pipe_r.Reset(p[0]);
@@ -74,59 +85,61 @@ void Relay::Start() {
   });
 }
 
+// The two ways a direction buffers bytes: a pipe (splice mode: the kernel moves the pages)
+// or our own buffer. Step() below is the same for both.
+size_t Relay::Buffered(const Direction& d) { return d.pipe_r ? d.in_pipe : d.tail - d.head; }
+
+ssize_t Relay::WriteOut(Direction& d) {
+  if (d.pipe_r) {
+    return ::splice(d.pipe_r.get(), nullptr, d.to, nullptr, d.in_pipe,
+                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+  }
+  const uint8_t* p = d.buf.get() + d.head;
+  return d.to_is_socket ? ::send(d.to, p, d.tail - d.head, MSG_NOSIGNAL)
+                        : ::write(d.to, p, d.tail - d.head);
+}
+
+void Relay::WroteOut(Direction& d, size_t n) {
+  if (d.pipe_r) {
+    d.in_pipe -= n;
+  } else if ((d.head += n) == d.tail) {
+    d.head = d.tail = 0;
+  }
+}
+
+ssize_t Relay::ReadIn(Direction& d) {
+  if (d.pipe_r) {
+    ssize_t n = ::splice(d.from, nullptr, d.pipe_w.get(), nullptr, buffer_size_,
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) d.in_pipe = static_cast<size_t>(n);
+    return n;
+  }
+  if (!d.buf) d.buf = std::make_unique<uint8_t[]>(buffer_size_);
+  if (d.from_is_seqpacket) {
+    // One message per read; MSG_TRUNC gives its real size, so a message longer than the
+    // buffer is an error instead of silently cut short.
+    ssize_t n = ::recv(d.from, d.buf.get(), buffer_size_, MSG_TRUNC);
+    if (n > static_cast<ssize_t>(buffer_size_)) {
+      errno = EMSGSIZE;
+      return -1;
+    }
+    if (n > 0) d.tail = static_cast<size_t>(n);
+    return n;
+  }
+  ssize_t n = ::read(d.from, d.buf.get(), buffer_size_);
+  if (n > 0) d.tail = static_cast<size_t>(n);
+  return n;
+}
+
 Status Relay::Step(Direction& d, bool* yield) {
   uint64_t moved = 0;
   while (!d.done) {
-    if (d.pipe_r) {
-      // splice mode: the same steps as below, with the pipe as the buffer.
-      if (d.in_pipe > 0) {
-        ssize_t n = ::splice(d.pipe_r.get(), nullptr, d.to, nullptr, d.in_pipe,
-                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n > 0) {
-          d.in_pipe -= static_cast<size_t>(n);
-          d.bytes += static_cast<uint64_t>(n);
-          moved += static_cast<uint64_t>(n);
-          continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-          d.wait = Direction::Wait::kOut;
-          return OkStatus();
-        }
-        return ErrnoError("write to {}", d.to_name);
-      }
-      if (!d.eof && moved < kTurnBytes) {
-        ssize_t n = ::splice(d.from, nullptr, d.pipe_w.get(), nullptr, buffer_size_,
-                             SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-        if (n > 0) {
-          d.in_pipe = static_cast<size_t>(n);
-          continue;
-        }
-        if (n == 0) {
-          d.eof = true;
-          continue;
-        }
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          d.wait = Direction::Wait::kIn;
-          return OkStatus();
-        }
-        if (errno == EINVAL) {
-          // This socket type cannot splice: plain reads and writes from now on.
-          d.pipe_r.Reset();
-          d.pipe_w.Reset();
-          continue;
-        }
-        return ErrnoError("read from {}", d.from_name);
-      }
-    } else if (d.head < d.tail) {
-      ssize_t n = d.to_is_socket ? ::send(d.to, d.buf.get() + d.head, d.tail - d.head, MSG_NOSIGNAL)
-                                 : ::write(d.to, d.buf.get() + d.head, d.tail - d.head);
+    if (Buffered(d) > 0) {
+      ssize_t n = WriteOut(d);
       if (n > 0) {
-        d.head += static_cast<size_t>(n);
+        WroteOut(d, static_cast<size_t>(n));
         d.bytes += static_cast<uint64_t>(n);
         moved += static_cast<uint64_t>(n);
-        if (d.head == d.tail) d.head = d.tail = 0;
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
@@ -150,12 +163,8 @@ Status Relay::Step(Direction& d, bool* yield) {
       d.wait = Direction::Wait::kNone;
       return OkStatus();
     }
-    if (!d.buf) d.buf = std::make_unique<uint8_t[]>(buffer_size_);
-    ssize_t n = ::read(d.from, d.buf.get(), buffer_size_);
-    if (n > 0) {
-      d.tail = static_cast<size_t>(n);
-      continue;
-    }
+    ssize_t n = ReadIn(d);
+    if (n > 0) continue;
     if (n == 0) {
       d.eof = true;
       continue;
@@ -164,6 +173,12 @@ Status Relay::Step(Direction& d, bool* yield) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       d.wait = Direction::Wait::kIn;
       return OkStatus();
+    }
+    if (errno == EINVAL && d.pipe_r) {
+      // This socket type cannot splice: plain reads and writes from now on.
+      d.pipe_r.Reset();
+      d.pipe_w.Reset();
+      continue;
     }
     return ErrnoError("read from {}", d.from_name);
   }

@@ -65,6 +65,7 @@ class Relay {
   struct Direction {
     int from = -1, to = -1;
     bool to_is_socket = false;
+    bool from_is_seqpacket = false;  // one message per read (checked for truncation)
     std::string from_name, to_name;
     std::unique_ptr<uint8_t[]> buf;
     size_t head = 0, tail = 0;
@@ -85,6 +86,10 @@ class Relay {
   // Moves as much as it can; Status error on a read/write error. Sets *yield when it
   // stopped only to give other connections a turn.
   Status Step(Direction& d, bool* yield);
+  static size_t Buffered(const Direction& d);
+  static ssize_t WriteOut(Direction& d);  // one write of what is buffered; -1 + errno
+  static void WroteOut(Direction& d, size_t n);
+  ssize_t ReadIn(Direction& d);  // one read into the empty buffer; -1 + errno
   void Pump();
   void UpdateInterest();
   void Finish(Status status);

@@ -19,7 +19,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string Vsockcat() { return BuiltBinary("src/tools/vsockcat/vsockcat"); }
+// Shell command prefix: vsockcat under no_vsock_guard; VsockcatPath() for argv.
+std::string Vsockcat() { return GuardedCommand("src/tools/vsockcat/vsockcat"); }
+std::string VsockcatPath() { return BuiltBinary("src/tools/vsockcat/vsockcat"); }
 
 sockaddr_un UnixAddr(const std::string& path) {
   sockaddr_un a{};
@@ -129,8 +131,8 @@ TEST(VsockcatSeqpacketTest, ForwardKeepsBoundariesBetweenUnixSeqpacketAndHybrid)
     ::close(c);
   });
   Subprocess fwd;
-  ASSERT_TRUE(fwd.Start({Vsockcat(), "--seqpacket", "--forward", "unix-seqpacket:" + front,
-                         "hvsock://" + uds + ":5000"},
+  ASSERT_TRUE(fwd.Start(Guarded({VsockcatPath(), "--seqpacket", "--forward",
+                                 "unix-seqpacket:" + front, "hvsock://" + uds + ":5000"}),
                         dir.File("fwd.log"))
                   .ok());
   ASSERT_TRUE(WaitFor([&] { return PathExists(front); }, 20s)) << fwd.Log();

@@ -29,7 +29,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string Vsockcat() { return BuiltBinary("src/tools/vsockcat/vsockcat"); }
+// Shell command prefix: vsockcat under no_vsock_guard; VsockcatPath() for argv.
+std::string Vsockcat() { return GuardedCommand("src/tools/vsockcat/vsockcat"); }
+std::string VsockcatPath() { return BuiltBinary("src/tools/vsockcat/vsockcat"); }
 std::string Vguest() { return BuiltBinary("src/vguest/vguest"); }
 
 // A TCP port on 127.0.0.1 that was free a moment ago.
@@ -287,7 +289,7 @@ class VsockcatGuestTest : public ::testing::Test {
 
   // Starts vsockcat -v with `args` and waits until it listens.
   Subprocess* StartVsockcat(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {Vsockcat(), "-v"};
+    std::vector<std::string> argv = Guarded({VsockcatPath(), "-v"});
     argv.insert(argv.end(), args.begin(), args.end());
     auto p = std::make_unique<Subprocess>();
     std::string log = dir_.File("vsockcat" + std::to_string(procs_.size()) + ".log");

@@ -27,6 +27,11 @@ class FdConn : public Conn, public std::enable_shared_from_this<FdConn> {
   ~FdConn() override { CloseFd(); }
 
   Status Register() {
+    // SEQPACKET: every read is one message, so a short read does not mean "drained".
+    int type = 0;
+    socklen_t type_len = sizeof type;
+    messages_ =
+        ::getsockopt(fd_, SOL_SOCKET, SO_TYPE, &type, &type_len) == 0 && type == SOCK_SEQPACKET;
     std::weak_ptr<FdConn> weak = weak_from_this();
     VSOCKD_RETURN_IF_ERROR(loop_->Add(fd_, EPOLLIN, [weak](uint32_t events) {
       if (auto self = weak.lock()) self->OnEvents(events);
@@ -104,7 +109,7 @@ class FdConn : public Conn, public std::enable_shared_from_this<FdConn> {
           break;
         }
         if (on_data) on_data(std::span<const uint8_t>(buf.data(), static_cast<size_t>(n)));
-        if (static_cast<size_t>(n) < buf.size()) break;
+        if (!messages_ && static_cast<size_t>(n) < buf.size()) break;
       }
     }
     if (closed_) return;
@@ -134,6 +139,7 @@ class FdConn : public Conn, public std::enable_shared_from_this<FdConn> {
   EventLoop* loop_;
   int fd_;
   bool registered_ = false;
+  bool messages_ = false;  // SOCK_SEQPACKET: one message per read
   bool closed_ = false;
   bool failed_ = false;
   bool read_eof_ = false;

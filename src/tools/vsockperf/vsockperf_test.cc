@@ -21,6 +21,8 @@ namespace {
 using nlohmann::json;
 using testing::BuiltBinary;
 using testing::Daemon;
+using testing::Guarded;
+using testing::GuardedCommand;
 using testing::PathExists;
 using testing::ReadFile;
 using testing::Subprocess;
@@ -164,7 +166,9 @@ struct RunResult {
   std::string err;  // stderr
 };
 
-std::string Vsockperf() { return BuiltBinary("src/tools/vsockperf/vsockperf"); }
+// Shell command prefix: vsockperf under no_vsock_guard; VsockperfPath() for argv.
+std::string Vsockperf() { return GuardedCommand("src/tools/vsockperf/vsockperf"); }
+std::string VsockperfPath() { return BuiltBinary("src/tools/vsockperf/vsockperf"); }
 
 // Runs vsockperf with `args` (a shell word list), with a generous timeout.
 RunResult RunPerf(const TempDir& dir, const std::string& args) {
@@ -205,19 +209,20 @@ class VsockperfTest : public ::testing::Test {
   }
 
   void StartHostServer() {
-    ASSERT_TRUE(server_
-                    .Start({Vsockperf(), "-s",
-                            "hvsock://" + daemon_.uds_path() + ":" + std::to_string(kPort)},
-                           dir_.File("server.log"))
-                    .ok());
+    ASSERT_TRUE(
+        server_
+            .Start(Guarded({VsockperfPath(), "-s",
+                            "hvsock://" + daemon_.uds_path() + ":" + std::to_string(kPort)}),
+                   dir_.File("server.log"))
+            .ok());
     ASSERT_TRUE(WaitFor([&] {
       return PathExists(daemon_.uds_path() + "_" + std::to_string(kPort));
     })) << server_.Log();
   }
   void StartGuestServer() {
     ASSERT_TRUE(server_
-                    .Start({Vsockperf(), "-s", "--vguest",
-                            daemon_.socket_path() + ":" + std::to_string(kPort)},
+                    .Start(Guarded({VsockperfPath(), "-s", "--vguest",
+                                    daemon_.socket_path() + ":" + std::to_string(kPort)}),
                            dir_.File("server.log"))
                     .ok());
     ASSERT_TRUE(WaitFor([&] {
@@ -382,7 +387,8 @@ TEST(VsockperfServerTest, DropsBadHeadersAndKeepsServing) {
   TempDir dir;
   Subprocess server;
   std::string path = dir.File("perf.sock");
-  ASSERT_TRUE(server.Start({Vsockperf(), "-s", "unix:" + path}, dir.File("server.log")).ok());
+  ASSERT_TRUE(
+      server.Start(Guarded({VsockperfPath(), "-s", "unix:" + path}), dir.File("server.log")).ok());
   ASSERT_TRUE(WaitFor([&] { return PathExists(path); })) << server.Log();
   {
     auto fd = ConnectUnix(path);
@@ -417,10 +423,11 @@ TEST(VsockperfSeqpacketTest, ThroughputReverseAndLatencyOverSeqpacket) {
   TempDir dir;
   Subprocess server;
   const std::string uds = dir.File("vm.vsock");
-  ASSERT_TRUE(server
-                  .Start({Vsockperf(), "--seqpacket", "-s", "hvsock://" + uds + ":7300"},
-                         dir.File("server.log"))
-                  .ok());
+  ASSERT_TRUE(
+      server
+          .Start(Guarded({VsockperfPath(), "--seqpacket", "-s", "hvsock://" + uds + ":7300"}),
+                 dir.File("server.log"))
+          .ok());
   const std::string path = uds + "_7300.seqpacket";
   ASSERT_TRUE(WaitFor([&] { return PathExists(path); })) << server.Log();
   EXPECT_FALSE(PathExists(uds + "_7300"));
