@@ -1,6 +1,7 @@
 #include "bench/bench_common.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -41,6 +43,8 @@ Result<Child> SpawnRole(const std::string& role, const std::string& path, uint32
   posix_spawn_file_actions_adddup2(&fa, wr.get(), STDOUT_FILENO);
   std::string exe = SelfExe();
   std::vector<std::string> args = {exe,
+                                   "--cpu",
+                                   std::to_string(HostSideCpu()),
                                    "--role",
                                    role,
                                    "--path",
@@ -76,6 +80,58 @@ Result<std::string> ReadAllAndWait(Child& child) {
 }
 
 }  // namespace
+
+namespace {
+int host_side_cpu = -1;
+}  // namespace
+
+Status PinToCpu(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (::sched_setaffinity(0, sizeof set, &set) != 0) return ErrnoError("sched_setaffinity");
+  return OkStatus();
+}
+
+Status ApplyPlacement(Placement p) {
+  if (p == Placement::kScheduler) return OkStatus();
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return ErrnoError("sched_getaffinity");
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.empty() || (p == Placement::kSplit && cpus.size() < 2)) {
+    return MakeError(EINVAL, "--placement {} needs {} CPUs, this process may use {}",
+                     p == Placement::kSplit ? "split" : "one-cpu", p == Placement::kSplit ? 2 : 1,
+                     CPU_COUNT(&set));
+  }
+  if (p == Placement::kSplit) host_side_cpu = cpus[0];
+  return PinToCpu(p == Placement::kSplit ? cpus[1] : cpus[0]);
+}
+
+int HostSideCpu() { return host_side_cpu; }
+
+std::vector<std::string> HostSideArgv(std::vector<std::string> argv) {
+  if (host_side_cpu < 0) return argv;
+  // Callers exec without a PATH search: find util-linux's taskset here.
+  std::string taskset = "taskset";
+  const char* path = std::getenv("PATH");
+  std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
+  for (size_t start = 0; start <= dirs.size();) {
+    size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string candidate = dirs.substr(start, end - start) + "/taskset";
+    if (end > start && ::access(candidate.c_str(), X_OK) == 0) {
+      taskset = candidate;
+      break;
+    }
+    start = end + 1;
+  }
+  argv.insert(argv.begin(), {taskset, "-c", std::to_string(host_side_cpu)});
+  return argv;
+}
 
 Result<Child> SpawnRoleChild(const std::string& role, const std::string& path, uint32_t port,
                              uint64_t total, size_t write_size) {

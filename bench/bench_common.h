@@ -44,6 +44,27 @@ Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size);
 Result<LatencyResult> RawUnixRoundTrip(size_t size, int count);
 Result<double> RawUnixConnectRate(double seconds);
 
+// CPU placement of the benchmark's processes (--placement).
+//   kScheduler: none; the kernel places everything (the default).
+//   kSplit:     the host side on one CPU (role children, the vsockperf server, the raw
+//               baseline's reader), the guest side on another (this process: the virtual
+//               guest's loop thread and the raw baseline's writer or reader, and vsockd, as
+//               a VM's vCPU and its device would share a core). On a 2-CPU machine this is
+//               the one layout where each side has a CPU of its own.
+//   kOneCpu:    everything on one CPU: the figures then compare CPU cost per byte, free
+//               of cross-CPU wakeup latency (steady even on a noisy machine).
+enum class Placement { kScheduler, kSplit, kOneCpu };
+// Applies `p` to the calling thread (threads and processes it starts later inherit it) and
+// records the host-side CPU for SpawnRoleChild and HostSideArgv. Call before starting
+// anything. Errors when the process may use fewer than 2 CPUs (kSplit) or none.
+Status ApplyPlacement(Placement p);
+// The host side's CPU under kSplit, else -1.
+int HostSideCpu();
+// `argv` run on the host side's CPU (prefixed with taskset under kSplit).
+std::vector<std::string> HostSideArgv(std::vector<std::string> argv);
+// Pins the calling process to `cpu` (role children, --cpu).
+Status PinToCpu(int cpu);
+
 // A child running one of our roles (`vsockd_bench --role ...`), stdout on a pipe.
 struct Child {
   pid_t pid = -1;

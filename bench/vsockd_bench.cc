@@ -69,7 +69,33 @@ struct Options {
   std::string only;
   // The test guest image for the real-guest rows; empty: no real-guest rows.
   std::string vm_image;
+  Placement placement = Placement::kScheduler;
 };
+
+const char* PlacementName(Placement p) {
+  switch (p) {
+    case Placement::kScheduler:
+      return "scheduler";
+    case Placement::kSplit:
+      return "split";
+    case Placement::kOneCpu:
+      return "one-cpu";
+  }
+  return "?";
+}
+
+const char* PlacementNote(Placement p) {
+  switch (p) {
+    case Placement::kScheduler:
+      return "the kernel places every process";
+    case Placement::kSplit:
+      return "host side on one CPU; virtual guest, vsockd and the raw writer/reader it is "
+             "compared with on another";
+    case Placement::kOneCpu:
+      return "everything on one CPU: CPU cost per byte";
+  }
+  return "?";
+}
 
 // Until a socket listens at `path` (not just exists: the first connect does not retry).
 bool WaitForPath(const std::string& path) {
@@ -309,9 +335,9 @@ class VsockperfRig {
   Status Start(const std::vector<std::string>& extra_args) {
     daemon_ = std::make_unique<Daemon>(dir_, 3, extra_args);
     VSOCKD_RETURN_IF_ERROR(daemon_->Start());
-    VSOCKD_RETURN_IF_ERROR(
-        server_.Start({Binary(), "-s", fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)},
-                      dir_.File("vsockperf-server.log")));
+    VSOCKD_RETURN_IF_ERROR(server_.Start(
+        HostSideArgv({Binary(), "-s", fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)}),
+        dir_.File("vsockperf-server.log")));
     if (!WaitForPath(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
       return MakeError(ETIMEDOUT, "vsockperf server did not start: {}", server_.Log());
     }
@@ -359,8 +385,8 @@ class VmRig {
     daemon_ = std::make_unique<Daemon>(dir_, 3, extra_args);
     VSOCKD_RETURN_IF_ERROR(daemon_->Start());
     VSOCKD_RETURN_IF_ERROR(
-        server_.Start({testing::BuiltBinary("src/tools/vsockperf/vsockperf"), "-s",
-                       fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)},
+        server_.Start(HostSideArgv({testing::BuiltBinary("src/tools/vsockperf/vsockperf"), "-s",
+                                    fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)}),
                       dir_.File("vsockperf-server.log")));
     if (!WaitForPath(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
       return MakeError(ETIMEDOUT, "vsockperf server did not start: {}", server_.Log());
@@ -438,6 +464,11 @@ T Must(Result<T> r, const char* what) {
 }
 
 int RunBench(const Options& o) {
+  // First: everything started from here on inherits it.
+  if (auto st = ApplyPlacement(o.placement); !st.ok()) {
+    std::fprintf(stderr, "%s\n", st.error().ToString().c_str());
+    return 2;
+  }
   std::vector<std::string> extra = {"--log-level", "warn"};
   if (!o.vsockd_args.empty()) {
     size_t pos = 0;
@@ -544,15 +575,17 @@ int RunBench(const Options& o) {
 
   std::printf(
       "\nvsockd + vguest vs raw AF_UNIX (median of %d rounds, %lu MiB per transfer, guest "
-      "buf_alloc %u)\n\n",
-      o.rounds, static_cast<unsigned long>(o.bytes >> 20), o.guest_buf_alloc);
+      "buf_alloc %u)\nplacement %s: %s\n\n",
+      o.rounds, static_cast<unsigned long>(o.bytes >> 20), o.guest_buf_alloc,
+      PlacementName(o.placement), PlacementNote(o.placement));
   std::printf("| %-46s | %12s | %12s | %7s |\n", "figure", "vsockd", "raw AF_UNIX", "ratio");
   std::printf("|%s|%s|%s|%s|\n", std::string(48, '-').c_str(), std::string(14, '-').c_str(),
               std::string(14, '-').c_str(), std::string(9, '-').c_str());
   std::string json = fmt::format(
       "{{\n  \"unit_note\": \"ratio = vsockd / raw AF_UNIX\",\n  \"rounds\": {},\n  "
-      "\"bytes_per_transfer\": {},\n  \"guest_buf_alloc\": {},\n  \"figures\": [\n",
-      o.rounds, o.bytes, o.guest_buf_alloc);
+      "\"bytes_per_transfer\": {},\n  \"guest_buf_alloc\": {},\n  \"placement\": \"{}\",\n  "
+      "\"figures\": [\n",
+      o.rounds, o.bytes, o.guest_buf_alloc, PlacementName(o.placement));
   bool first = true;
   for (size_t i = 0; i < figs.size(); ++i) {
     const Figure& f = figs[i];
@@ -608,13 +641,31 @@ int BenchMain(int argc, char** argv) {
   o.vm_image = vsockd::vmtest::DefaultImageDir();
   app.add_option("--vm-image", o.vm_image, "test guest image for the real-guest rows");
   app.add_flag("--no-vm", no_vm, "skip the real-guest rows");
+  app.add_option("--placement", o.placement,
+                 "CPU placement: scheduler (default: the kernel decides), split (host side on "
+                 "one CPU, guest side and vsockd on another), one-cpu (all on one CPU: CPU "
+                 "cost per byte)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, vsockd::bench::Placement>{
+              {"scheduler", vsockd::bench::Placement::kScheduler},
+              {"split", vsockd::bench::Placement::kSplit},
+              {"one-cpu", vsockd::bench::Placement::kOneCpu}},
+          CLI::ignore_case));
+  int role_cpu = -1;
   // Internal: the host-side roles run in child processes.
   app.add_option("--role", role)->group("");
   app.add_option("--path", path)->group("");
   app.add_option("--port", port)->group("");
   app.add_option("--write-size", write_size)->group("");
+  app.add_option("--cpu", role_cpu)->group("");
   CLI11_PARSE(app, argc, argv);
   if (!role.empty()) {
+    if (role_cpu >= 0) {
+      if (auto st = vsockd::bench::PinToCpu(role_cpu); !st.ok()) {
+        std::fprintf(stderr, "role %s: %s\n", role.c_str(), st.error().ToString().c_str());
+        return 1;
+      }
+    }
     return vsockd::bench::RunRole(role, path, port, o.bytes, static_cast<size_t>(write_size));
   }
   if (no_vm || !vsockd::vmtest::CheckImage(o.vm_image).ok()) o.vm_image.clear();

@@ -261,6 +261,7 @@ class Connection {
   ByteQueue buffer;
 
   bool in_rx_queue = false;
+  bool rx_streaming = false;  // the last host read filled every rx buffer it was given
 
   // --- SEQPACKET (see device.cc, "SEQPACKET") ------------------------------------------
   // Guest -> host: `buffer` holds the complete messages listed here, oldest first, then
