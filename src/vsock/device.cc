@@ -46,6 +46,7 @@
 
 #include <endian.h>
 #include <limits.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -623,6 +624,13 @@ class Device::Impl {
   void OnHostEof(Connection* conn) {
     conn->host_eof = true;
     conn->host_readable = false;
+    if (!conn->host_hup && conn->host_fd.valid()) {
+      // The peer may have closed (not just shut its write side) after the event that made
+      // us read: its EPOLLHUP is still queued. Ask the socket now, so that a peer's close()
+      // reaches the guest as one SHUTDOWN(RCV|SEND), as a kernel peer's would.
+      pollfd p{conn->host_fd.get(), 0, 0};
+      if (::poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) != 0) conn->host_hup = true;
+    }
     if (conn->host_hup) {
       QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND);
       EnterClosing(conn);
@@ -662,13 +670,18 @@ class Device::Impl {
       if (conn->guest_fully_shut()) StartCloseTimer(conn);
       return true;
     }
-    if (!conn->host_shut_wr && conn->host_fd.valid()) {
-      ::shutdown(conn->host_fd.get(), SHUT_WR);
-      conn->host_shut_wr = true;
-    }
+    // A guest that shut both ways at once (close()) has its host peer see both at once: the
+    // close below, with no shutdown(SHUT_WR) first. A peer served by another thread (a
+    // sibling VM's device) could otherwise see EOF alone in between and tell its guest
+    // SHUTDOWN(SEND) while that guest may still send (vsock_test "SOCK_STREAM client
+    // close" between two guests expects EPIPE once it sees the peer's close).
     if (conn->guest_fully_shut()) {
       FreeConnection(conn, /*send_rst=*/true);
       return false;
+    }
+    if (!conn->host_shut_wr && conn->host_fd.valid()) {
+      ::shutdown(conn->host_fd.get(), SHUT_WR);
+      conn->host_shut_wr = true;
     }
     return true;
   }
