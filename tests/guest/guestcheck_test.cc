@@ -152,7 +152,7 @@ class GuestcheckTest : public ::testing::Test {
     auto bg =
         std::make_unique<Background>(Guestcheck() + " serve --listen " + Hybrid(port) + " " + args);
     EXPECT_TRUE(WaitFor([&] {
-      return PathExists(daemon_.uds_path() + "_" + std::to_string(port));
+      return UnixListening(daemon_.uds_path() + "_" + std::to_string(port));
     })) << "guestcheck serve did not listen";
     return bg;
   }
@@ -399,7 +399,7 @@ TEST(GuestcheckUnixTest, ServeEchoAndEchoMany) {
   TempDir dir;
   const std::string sock = "unix:" + dir.File("echo");
   Background server(Guestcheck() + " serve --listen " + sock + " --mode echo --count 300");
-  ASSERT_TRUE(WaitFor([&] { return PathExists(dir.File("echo")); }));
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(dir.File("echo")); }));
   auto r = RunCommand(Guestcheck() + " echo-many " + sock +
                       " --conns 300 --bytes 20000 --connect-parallel 300");
   EXPECT_EQ(r.exit_code, 0) << r.output;

@@ -75,8 +75,8 @@ TEST_F(ShimTest, SeedServerOnTheHostHearsTheGuest) {
   argv.push_back("python3");
   argv.push_back(Seed("vsock_server.py"));
   ASSERT_TRUE(server.Start(argv, dir_.File("server.log")).ok());
-  ASSERT_TRUE(WaitFor([&] { return PathExists(run_dir_ + "/host_9999"); }, 20s)) << server.Log();
-  // The listener may exist a moment before listen(): retry a refused guest connect.
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(run_dir_ + "/host_9999"); }, 20s)) << server.Log();
+  // Listening now; a failed guest connect is still retried rather than trusted once.
   RunResult guest;
   ASSERT_TRUE(WaitFor(
       [&] {

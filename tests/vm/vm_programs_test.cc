@@ -48,6 +48,7 @@ using vsockd::testing::RunCommand;
 using vsockd::testing::SetSocketTimeouts;
 using vsockd::testing::Shimmed;
 using vsockd::testing::Subprocess;
+using vsockd::testing::UnixListening;
 using vsockd::testing::WaitFor;
 
 using Clock = std::chrono::steady_clock;
@@ -119,8 +120,8 @@ TEST_F(VmProgramsTest, SeedClientInGuestReachesSeedServerOnHost) {
           .Start({"/bin/sh", "-c", vsockd::testing::ShellLine(argv) + "; echo \"server-exit=$?\""},
                  dir().File("seed_server.log"))
           .ok());
-  // The shim's listener for host port 9999 appears in the run dir once the server listens.
-  ASSERT_TRUE(WaitFor([&] { return PathExists(run_dir + "/host_9999"); }, 60s))
+  // The shim's listener for host port 9999 in the run dir, listening (not just bound).
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(run_dir + "/host_9999"); }, 60s))
       << "the host server did not listen:\n"
       << server.Log();
 
@@ -408,9 +409,10 @@ class VsockperfServer {
                                   "-s", "hvsock://" + uds_path + ":" + std::to_string(port)}),
         log);
   }
-  // Started and listening on <uds-path>_<port>.
+  // Started and listening on <uds-path>_<port>. Not just "the file exists": a previous
+  // server's file may still be there until this one binds.
   bool Ready() {
-    return start_.ok() && WaitFor([&] { return PathExists(path_); }, std::chrono::seconds(30));
+    return start_.ok() && WaitFor([&] { return UnixListening(path_); }, std::chrono::seconds(30));
   }
   bool Running() { return proc_.Running(); }
   std::string Log() const { return proc_.Log(); }
