@@ -104,11 +104,11 @@ class Vm {
 
     if (Status s = host_->Start(); !s.ok()) {
       return MakeError(s.error().code, "CID {}: hybrid socket (--uds-path / --run-dir): {}",
-                       options_.guest_cid, s.error().ToString());
+                       options_.guest_cid, s.error().context);
     }
     if (Status s = vhost_->Listen(options_.socket_path); !s.ok()) {
       return MakeError(s.error().code, "CID {}: vhost-user socket (--socket): {}",
-                       options_.guest_cid, s.error().ToString());
+                       options_.guest_cid, s.error().context);
     }
     socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
     if (router_ != nullptr) {

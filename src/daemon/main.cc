@@ -11,6 +11,7 @@
 #include "base/log.h"
 #include "daemon/daemon.h"
 #include "daemon/options.h"
+#include "daemon/readiness.h"
 
 namespace {
 
@@ -49,9 +50,17 @@ int main(int argc, char** argv) {
   auto d = daemon::Daemon::Create(parsed.options, /*handle_signals=*/true);
   if (!d.ok()) {
     LOG_ERROR("{}", d.error().ToString());
-    return 1;
+    return 1;  // --ready-fd closes with the process, without its line: "failed"
   }
+  // Every socket listens now (Create): a connect queues until the workers run.
+  if (Status st = daemon::SignalReadyFd(parsed.options.ready_fd); !st.ok()) {
+    LOG_WARN("{}", st.error().ToString());
+  }
+  if (Status st = daemon::NotifySystemd("READY=1"); !st.ok()) LOG_WARN("{}", st.error().ToString());
   (*d)->Run();
+  if (Status st = daemon::NotifySystemd("STOPPING=1"); !st.ok()) {
+    LOG_WARN("{}", st.error().ToString());
+  }
   d->reset();  // removes the sockets before we report
   LOG_INFO("stopped");
   return 0;

@@ -67,6 +67,7 @@ constexpr const char* kFooter =
     "  socat - UNIX-CONNECT:/tmp/vm3.vsock   (then type: CONNECT 1024)\n"
     "  # guest -> host port 52: listen on /tmp/vm3.vsock_52\n"
     "Guest memory must be shared with vsockd (memfd or file backend with share=on).\n"
+    "Start QEMU once vsockd is ready: --ready-fd, or systemd Type=notify (NOTIFY_SOCKET).\n"
     "SIGINT/SIGTERM stop vsockd cleanly and remove the sockets it created.";
 
 std::string UsageError(const std::string& message) {
@@ -435,6 +436,10 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
       ->check(CLI::Range(uint32_t{1}, kMaxConnectTimeoutMs).description(""));
   app.add_flag("--no-seqpacket", no_seqpacket,
                "do not offer SOCK_SEQPACKET to the guests (VIRTIO_VSOCK_F_SEQPACKET)");
+  app.add_option("--ready-fd", o.ready_fd,
+                 "write READY\\n to this descriptor once listening, then close it")
+      ->type_name("FD")
+      ->check(CLI::Range(0, 1 << 20).description(""));
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->type_name("LEVEL")
       ->default_str("info")

@@ -62,6 +62,9 @@ struct Options : VmOptions {
   // one per VM.
   unsigned workers = 0;
   LogLevel log_level = LogLevel::kInfo;
+  // --ready-fd: write "READY\n" to this descriptor once every socket listens, then close it
+  // (daemon/readiness.h). -1: none.
+  int ready_fd = -1;
 };
 
 // What main() should do after parsing.

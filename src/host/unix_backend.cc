@@ -253,7 +253,7 @@ Status UnixBackend::Start() {
                          seqpacket ? SOCK_SEQPACKET : SOCK_STREAM);
     if (!fd.ok()) {
       Shutdown();
-      return MakeError(fd.error().code, "{}", fd.error().ToString());
+      return MakeError(fd.error().code, "{}", fd.error().context);
     }
     auto listener = std::make_unique<Listener>();
     listener->path = path;

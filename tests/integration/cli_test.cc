@@ -1,10 +1,16 @@
 // The programs as a user runs them: vsockd's flags and errors, and the vguest CLI relaying
 // stdin/stdout through a running vsockd.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -44,6 +50,99 @@ TEST(VsockdCliTest, UnknownFlagAndMissingSocketAreErrors) {
   r = RunCommand(Vsockd() + " --guest-cid 3");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--socket"), std::string::npos) << r.output;
+}
+
+// A pipe whose write end a child inherits (no O_CLOEXEC) as `fd`.
+struct ReadyPipe {
+  Fd read_end;
+  int child_fd = -1;
+  ReadyPipe() {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return;
+    read_end = Fd(p[0]);
+    child_fd = ::fcntl(p[1], F_DUPFD, 10);  // the dup has no FD_CLOEXEC
+    ::close(p[1]);
+  }
+  // The parent's copy: closed once the child has it, so EOF means the child closed it.
+  void CloseChildEnd() {
+    if (child_fd >= 0) ::close(child_fd);
+    child_fd = -1;
+  }
+};
+
+TEST(VsockdCliTest, ReadyFdSignalsOnceEverySocketListens) {
+  TempDir dir;
+  ReadyPipe ready;
+  ASSERT_GE(ready.child_fd, 0);
+  Subprocess vsockd;
+  ASSERT_TRUE(vsockd
+                  .Start({Vsockd(), "--socket", dir.File("vhost.sock"), "--uds-path",
+                          dir.File("vm.vsock"), "--ready-fd", std::to_string(ready.child_fd)},
+                         dir.File("vsockd.log"))
+                  .ok());
+  ready.CloseChildEnd();
+  auto line = ReadLine(ready.read_end.get());
+  ASSERT_TRUE(line.ok()) << vsockd.Log();
+  EXPECT_EQ(*line, "READY");
+  // At that moment QEMU may connect: both sockets already listen.
+  EXPECT_TRUE(UnixListening(dir.File("vhost.sock"))) << vsockd.Log();
+  EXPECT_TRUE(UnixListening(dir.File("vm.vsock"))) << vsockd.Log();
+  char c;
+  EXPECT_EQ(::read(ready.read_end.get(), &c, 1), 0) << "vsockd closes the fd after the line";
+  EXPECT_EQ(vsockd.Stop(SIGTERM, 10s), 0) << vsockd.Log();
+}
+
+TEST(VsockdCliTest, ReadyFdClosesWithoutTheLineWhenStartFails) {
+  TempDir dir;
+  ReadyPipe ready;
+  ASSERT_GE(ready.child_fd, 0);
+  Subprocess vsockd;
+  ASSERT_TRUE(vsockd
+                  .Start({Vsockd(), "--socket", dir.File("no-such-dir/vhost.sock"), "--uds-path",
+                          dir.File("vm.vsock"), "--ready-fd", std::to_string(ready.child_fd)},
+                         dir.File("vsockd.log"))
+                  .ok());
+  ready.CloseChildEnd();
+  char buf[16];
+  EXPECT_EQ(::read(ready.read_end.get(), buf, sizeof buf), 0) << vsockd.Log();
+  const int status = vsockd.Wait(10s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status << "\n" << vsockd.Log();
+  // One reason, said once.
+  const std::string log = vsockd.Log();
+  EXPECT_NE(log.find("No such file or directory"), std::string::npos) << log;
+  EXPECT_EQ(log.find("No such file or directory: No such file or directory"), std::string::npos)
+      << log;
+}
+
+TEST(VsockdCliTest, NotifySocketGetsReadyThenStopping) {
+  TempDir dir;
+  const std::string notify = dir.File("notify");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(notify.size(), sizeof addr.sun_path);
+  std::memcpy(addr.sun_path, notify.data(), notify.size());
+  Fd s(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ASSERT_EQ(::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0);
+  SetSocketTimeouts(s.get(), 10s);
+  ::setenv("NOTIFY_SOCKET", notify.c_str(), 1);
+  Subprocess vsockd;
+  Status started = vsockd.Start(
+      {Vsockd(), "--socket", dir.File("vhost.sock"), "--uds-path", dir.File("vm.vsock")},
+      dir.File("vsockd.log"));
+  ::unsetenv("NOTIFY_SOCKET");
+  ASSERT_TRUE(started.ok());
+  char buf[256];
+  ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
+  ASSERT_GT(n, 0) << vsockd.Log();
+  std::string msg(buf, static_cast<size_t>(n));
+  EXPECT_EQ(msg.rfind("READY=1\nMAINPID=", 0), 0u) << msg;
+  EXPECT_NE(msg.find(std::to_string(vsockd.pid())), std::string::npos) << msg;
+  EXPECT_TRUE(UnixListening(dir.File("vhost.sock"))) << vsockd.Log();
+  ASSERT_EQ(::kill(vsockd.pid(), SIGTERM), 0);
+  n = ::recv(s.get(), buf, sizeof buf, 0);
+  ASSERT_GT(n, 0) << vsockd.Log();
+  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)).rfind("STOPPING=1", 0), 0u);
+  EXPECT_EQ(vsockd.Wait(10s), 0) << vsockd.Log();
 }
 
 class VguestCliTest : public ::testing::Test {

@@ -230,8 +230,7 @@ Result<ListenSocket> Listen(const Endpoint& ep) {
       auto fd = ListenTcpOn(reinterpret_cast<sockaddr*>(&in6), sizeof in6, true);
       if (fd.ok() || fd.error().code != EAFNOSUPPORT) {
         if (!fd.ok())
-          return MakeError(fd.error().code, "listen on {}: {}", ep.ToString(),
-                           fd.error().ToString());
+          return MakeError(fd.error().code, "listen on {}: {}", ep.ToString(), fd.error().context);
         ls.tcp = std::move(*fd);
         return ls;
       }
@@ -241,7 +240,7 @@ Result<ListenSocket> Listen(const Endpoint& ep) {
       in.sin_port = htons(ep.port);
       fd = ListenTcpOn(reinterpret_cast<sockaddr*>(&in), sizeof in, false);
       if (!fd.ok()) {
-        return MakeError(fd.error().code, "listen on {}: {}", ep.ToString(), fd.error().ToString());
+        return MakeError(fd.error().code, "listen on {}: {}", ep.ToString(), fd.error().context);
       }
       ls.tcp = std::move(*fd);
       return ls;
@@ -254,7 +253,7 @@ Result<ListenSocket> Listen(const Endpoint& ep) {
     auto& [ss, len] = addrs->front();
     auto fd = ListenTcpOn(reinterpret_cast<sockaddr*>(&ss), len, false);
     if (!fd.ok()) {
-      return MakeError(fd.error().code, "listen on {}: {}", ep.ToString(), fd.error().ToString());
+      return MakeError(fd.error().code, "listen on {}: {}", ep.ToString(), fd.error().context);
     }
     ls.tcp = std::move(*fd);
     return ls;
