@@ -70,17 +70,22 @@ struct ReadyPipe {
   }
 };
 
+// Starts `vsockd --socket SOCKET --uds-path DIR/vm.vsock --ready-fd N` with a ReadyPipe.
+Status StartWithReadyFd(Subprocess* vsockd, ReadyPipe* ready, const TempDir& dir,
+                        const std::string& socket) {
+  if (ready->child_fd < 0) return MakeError(EMFILE, "no ready pipe");
+  Status st = vsockd->Start({Vsockd(), "--socket", socket, "--uds-path", dir.File("vm.vsock"),
+                             "--ready-fd", std::to_string(ready->child_fd)},
+                            dir.File("vsockd.log"));
+  ready->CloseChildEnd();
+  return st;
+}
+
 TEST(VsockdCliTest, ReadyFdSignalsOnceEverySocketListens) {
   TempDir dir;
   ReadyPipe ready;
-  ASSERT_GE(ready.child_fd, 0);
   Subprocess vsockd;
-  ASSERT_TRUE(vsockd
-                  .Start({Vsockd(), "--socket", dir.File("vhost.sock"), "--uds-path",
-                          dir.File("vm.vsock"), "--ready-fd", std::to_string(ready.child_fd)},
-                         dir.File("vsockd.log"))
-                  .ok());
-  ready.CloseChildEnd();
+  ASSERT_TRUE(StartWithReadyFd(&vsockd, &ready, dir, dir.File("vhost.sock")).ok());
   auto line = ReadLine(ready.read_end.get());
   ASSERT_TRUE(line.ok()) << vsockd.Log();
   EXPECT_EQ(*line, "READY");
@@ -95,14 +100,8 @@ TEST(VsockdCliTest, ReadyFdSignalsOnceEverySocketListens) {
 TEST(VsockdCliTest, ReadyFdClosesWithoutTheLineWhenStartFails) {
   TempDir dir;
   ReadyPipe ready;
-  ASSERT_GE(ready.child_fd, 0);
   Subprocess vsockd;
-  ASSERT_TRUE(vsockd
-                  .Start({Vsockd(), "--socket", dir.File("no-such-dir/vhost.sock"), "--uds-path",
-                          dir.File("vm.vsock"), "--ready-fd", std::to_string(ready.child_fd)},
-                         dir.File("vsockd.log"))
-                  .ok());
-  ready.CloseChildEnd();
+  ASSERT_TRUE(StartWithReadyFd(&vsockd, &ready, dir, dir.File("no-such-dir/vhost.sock")).ok());
   char buf[16];
   EXPECT_EQ(::read(ready.read_end.get(), buf, sizeof buf), 0) << vsockd.Log();
   const int status = vsockd.Wait(10s);
