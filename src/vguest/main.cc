@@ -5,6 +5,8 @@
 //   vguest --socket PATH connect PORT   guest -> host stream to host port PORT
 //   vguest --socket PATH listen PORT    accept one host -> guest stream on guest port PORT
 //   vguest --socket PATH info           print the CID and the negotiated features
+//   --seqpacket (connect, listen): a SOCK_SEQPACKET connection; each read from stdin is one
+//   message (at most 64 KiB), each message received is written to stdout whole
 //
 // stdin EOF half-closes (SHUTDOWN SEND); the relay goes on until the peer's EOF. Exit 0 on a
 // clean close or SIGINT/SIGTERM, 1 on reset/refusal/timeout, 2 on usage or attach errors.
@@ -39,7 +41,9 @@ void OnSignal(int) {
 // while stdout does not take it.
 class Relay {
  public:
-  Relay(EventLoop* loop, int* exit_code) : loop_(loop), exit_code_(exit_code) {}
+  // messages: SEQPACKET (each stdin read is one message; messages are written out whole).
+  Relay(EventLoop* loop, int* exit_code, bool messages)
+      : loop_(loop), exit_code_(exit_code), messages_(messages) {}
   ~Relay() {
     if (in_polled_) loop_->Remove(STDIN_FILENO);
     if (out_polled_) loop_->Remove(STDOUT_FILENO);
@@ -48,6 +52,7 @@ class Relay {
   void Start(Stream* stream) {
     stream_ = stream;
     stream_->on_data = [this](std::span<const uint8_t> d) { OnData(d); };
+    stream_->on_message = [this](std::span<const uint8_t> m, uint32_t) { OnData(m); };
     stream_->on_eof = [this] {
       peer_eof_ = true;
       MaybeDone();
@@ -77,6 +82,17 @@ class Relay {
   void PumpIn() {
     if (stream_ == nullptr || finished_) return;
     while (true) {
+      if (messages_ && in_off_ < in_buf_.size()) {
+        Status st = stream_->WriteMessage(in_buf_);
+        if (!st.ok() && st.error().code == EAGAIN) {
+          SetInInterest(false);  // the previous message is still going out: on_writable
+          return;
+        }
+        if (!st.ok())
+          return Fail(
+              fmt::format("send a {}-byte message: {}", in_buf_.size(), st.error().ToString()));
+        in_off_ = in_buf_.size();
+      }
       if (in_off_ < in_buf_.size()) {
         size_t n = stream_->Write(in_buf_.data() + in_off_, in_buf_.size() - in_off_);
         in_off_ += n;
@@ -196,6 +212,7 @@ class Relay {
 
   EventLoop* loop_;
   int* exit_code_;
+  const bool messages_;
   Stream* stream_ = nullptr;
   std::vector<uint8_t> in_buf_;
   size_t in_off_ = 0;
@@ -277,10 +294,16 @@ int Main(int argc, char** argv) {
   app.add_flag("--no-event-idx", no_event_idx, "do not ack VIRTIO_RING_F_EVENT_IDX");
   app.require_subcommand(1);
   uint32_t port = 0;
+  bool seqpacket = false;
+  const char* kSeqpacketHelp =
+      "SOCK_SEQPACKET: each stdin read is one message (at most 64 KiB), each message "
+      "received is written out whole";
   auto* connect = app.add_subcommand("connect", "connect to host port PORT and relay stdio");
   connect->add_option("PORT", port, "host port")->required();
+  connect->add_flag("--seqpacket", seqpacket, kSeqpacketHelp);
   auto* listen = app.add_subcommand("listen", "accept one connection on guest port PORT");
   listen->add_option("PORT", port, "guest port")->required();
+  listen->add_flag("--seqpacket", seqpacket, kSeqpacketHelp);
   auto* info = app.add_subcommand("info", "print the CID and the negotiated features");
   try {
     app.parse(argc, argv);
@@ -336,28 +359,36 @@ int Main(int argc, char** argv) {
   int exit_code = 0;
   FlagGuard in_flags(STDIN_FILENO);
   FlagGuard out_flags(STDOUT_FILENO);
-  Relay relay(loop->get(), &exit_code);
+  Relay relay(loop->get(), &exit_code, seqpacket);
+  const uint16_t type =
+      seqpacket ? vsock::VIRTIO_VSOCK_TYPE_SEQPACKET : vsock::VIRTIO_VSOCK_TYPE_STREAM;
   Guest* g = guest->get();
   if (connect->parsed()) {
-    g->Connect(port, [&](Stream* s, const Status& st) {
-      if (!st.ok()) {
-        const char* what = st.error().code == ECONNRESET  ? "refused (RST)"
-                           : st.error().code == ETIMEDOUT ? "timed out"
-                                                          : "failed";
-        std::fprintf(stderr, "vguest: connect to host port %u %s: %s\n", port, what,
-                     st.error().ToString().c_str());
-        s->Close();
-        exit_code = 1;
-        (*loop)->Stop();
-        return;
-      }
-      relay.Start(s);
-    });
+    g->Connect(
+        port,
+        [&](Stream* s, const Status& st) {
+          if (!st.ok()) {
+            const char* what = st.error().code == ECONNRESET  ? "refused (RST)"
+                               : st.error().code == ETIMEDOUT ? "timed out"
+                                                              : "failed";
+            std::fprintf(stderr, "vguest: connect to host port %u %s: %s\n", port, what,
+                         st.error().ToString().c_str());
+            s->Close();
+            exit_code = 1;
+            (*loop)->Stop();
+            return;
+          }
+          relay.Start(s);
+        },
+        vsock::VMADDR_CID_HOST, type);
   } else if (listen->parsed()) {
-    Status st = g->Listen(port, [&, g](Stream* s) {
-      g->Unlisten(port);
-      relay.Start(s);
-    });
+    Status st = g->Listen(
+        port,
+        [&, g](Stream* s) {
+          g->Unlisten(port);
+          relay.Start(s);
+        },
+        type);
     if (!st.ok()) {
       std::fprintf(stderr, "vguest: listen: %s\n", st.error().ToString().c_str());
       return 2;

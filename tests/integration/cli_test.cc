@@ -14,6 +14,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "base/unix_socket.h"
 #include "tests/integration/echo_server.h"
 #include "tests/integration/harness.h"
 
@@ -207,6 +208,70 @@ TEST_F(VguestCliTest, ListenAcceptsAHostConnection) {
   std::stringstream ss;
   ss << f.rdbuf();
   EXPECT_EQ(ss.str(), "from-host\n");
+}
+
+TEST_F(VguestCliTest, SeqpacketConnectRelaysMessages) {
+  // vsockd bridges a guest SEQPACKET connect to host port P to <uds-path>_P.seqpacket.
+  const std::string service = daemon_.uds_path() + "_9300.seqpacket";
+  auto listener = ListenUnix(service, 4, /*nonblocking=*/false, SOCK_SEQPACKET);
+  ASSERT_TRUE(listener.ok()) << listener.error().ToString();
+  SetSocketTimeouts(listener->get(), 10s);  // accept() gives up rather than hang the test
+  std::string out = dir_.File("guest-out.bin");
+  Subprocess guest;
+  ASSERT_TRUE(guest
+                  .Start({"/bin/sh", "-c",
+                          "printf hello | " + Vguest() + " --socket " + daemon_.socket_path() +
+                              " connect 9300 --seqpacket > " + out},
+                         dir_.File("vguest.log"))
+                  .ok());
+  Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(conn.valid()) << guest.Log();
+  SetSocketTimeouts(conn.get(), 10s);
+  char buf[64];
+  ssize_t n = ::recv(conn.get(), buf, sizeof buf, 0);
+  ASSERT_EQ(n, 5) << guest.Log();
+  EXPECT_EQ(std::string(buf, 5), "hello");
+  // Two messages back: the guest writes each whole; then the host closes.
+  ASSERT_EQ(::send(conn.get(), "one", 3, MSG_NOSIGNAL), 3);
+  ASSERT_EQ(::send(conn.get(), "two!", 4, MSG_NOSIGNAL), 4);
+  EXPECT_EQ(::recv(conn.get(), buf, sizeof buf, 0), 0) << "stdin EOF: the guest shuts down";
+  conn.Reset();
+  ASSERT_TRUE(WaitFor([&] { return !guest.Running(); }, 10s)) << guest.Log();
+  EXPECT_EQ(ReadFile(out), "onetwo!") << guest.Log();
+}
+
+TEST_F(VguestCliTest, SeqpacketListenAcceptsAHostSeqpacketConnect) {
+  std::string out = dir_.File("guest-out.bin");
+  Subprocess guest;
+  ASSERT_TRUE(guest
+                  .Start({"/bin/sh", "-c",
+                          "printf reply | " + Vguest() + " --socket " + daemon_.socket_path() +
+                              " listen 5100 --seqpacket > " + out},
+                         dir_.File("vguest.log"))
+                  .ok());
+  // vsockd's SEQPACKET entry: <uds-path>.seqpacket, one "CONNECT P\n" message, "OK n\n".
+  // The guest may not listen yet: vsockd then answers ERR; retry.
+  Fd fd;
+  ASSERT_TRUE(WaitFor([&] {
+    auto c = ConnectUnix(daemon_.uds_path() + ".seqpacket", /*nonblocking=*/false, SOCK_SEQPACKET);
+    if (!c.ok()) return false;
+    SetSocketTimeouts(c->get(), 10s);
+    if (::send(c->get(), "CONNECT 5100\n", 13, MSG_NOSIGNAL) != 13) return false;
+    char reply[64];
+    ssize_t n = ::recv(c->get(), reply, sizeof reply, 0);
+    if (n < 3 || std::string(reply, 3) != "OK ") return false;
+    fd = std::move(*c);
+    return true;
+  })) << guest.Log();
+  char buf[64];
+  ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+  ASSERT_EQ(n, 5) << guest.Log();
+  EXPECT_EQ(std::string(buf, 5), "reply");
+  ASSERT_EQ(::send(fd.get(), "m1", 2, MSG_NOSIGNAL), 2);
+  ASSERT_EQ(::send(fd.get(), "m2", 2, MSG_NOSIGNAL), 2);
+  ::shutdown(fd.get(), SHUT_WR);
+  ASSERT_TRUE(WaitFor([&] { return !guest.Running(); }, 10s)) << guest.Log();
+  EXPECT_EQ(ReadFile(out), "m1m2") << guest.Log();
 }
 
 }  // namespace
