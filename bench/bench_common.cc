@@ -43,8 +43,6 @@ Result<Child> SpawnRole(const std::string& role, const std::string& path, uint32
   posix_spawn_file_actions_adddup2(&fa, wr.get(), STDOUT_FILENO);
   std::string exe = SelfExe();
   std::vector<std::string> args = {exe,
-                                   "--cpu",
-                                   std::to_string(HostSideCpu()),
                                    "--role",
                                    role,
                                    "--path",
@@ -55,6 +53,11 @@ Result<Child> SpawnRole(const std::string& role, const std::string& path, uint32
                                    std::to_string(total),
                                    "--write-size",
                                    std::to_string(write_size)};
+  // Only under --placement split (vsockd_scale_bench's roles take no --cpu).
+  if (HostSideCpu() >= 0) {
+    args.push_back("--cpu");
+    args.push_back(std::to_string(HostSideCpu()));
+  }
   std::vector<char*> argv;
   argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
