@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "base/unix_socket.h"
+#include "tests/integration/harness.h"
 
 extern char** environ;
 
@@ -107,8 +108,7 @@ Status ApplyPlacement(Placement p) {
   }
   if (cpus.empty() || (p == Placement::kSplit && cpus.size() < 2)) {
     return MakeError(EINVAL, "--placement {} needs {} CPUs, this process may use {}",
-                     p == Placement::kSplit ? "split" : "one-cpu", p == Placement::kSplit ? 2 : 1,
-                     CPU_COUNT(&set));
+                     PlacementName(p), p == Placement::kSplit ? 2 : 1, CPU_COUNT(&set));
   }
   if (p == Placement::kSplit) host_side_cpu = cpus[0];
   return PinToCpu(p == Placement::kSplit ? cpus[1] : cpus[0]);
@@ -118,22 +118,42 @@ int HostSideCpu() { return host_side_cpu; }
 
 std::vector<std::string> HostSideArgv(std::vector<std::string> argv) {
   if (host_side_cpu < 0) return argv;
-  // Callers exec without a PATH search: find util-linux's taskset here.
-  std::string taskset = "taskset";
-  const char* path = std::getenv("PATH");
-  std::string dirs = path != nullptr ? path : "/usr/bin:/bin";
-  for (size_t start = 0; start <= dirs.size();) {
-    size_t end = dirs.find(':', start);
-    if (end == std::string::npos) end = dirs.size();
-    std::string candidate = dirs.substr(start, end - start) + "/taskset";
-    if (end > start && ::access(candidate.c_str(), X_OK) == 0) {
-      taskset = candidate;
-      break;
-    }
-    start = end + 1;
-  }
-  argv.insert(argv.begin(), {taskset, "-c", std::to_string(host_side_cpu)});
+  // Callers exec without a PATH search; env finds util-linux's taskset.
+  argv.insert(argv.begin(), {"/usr/bin/env", "taskset", "-c", std::to_string(host_side_cpu)});
   return argv;
+}
+
+namespace {
+struct PlacementInfo {
+  Placement placement;
+  const char* name;
+  const char* note;
+};
+constexpr PlacementInfo kPlacements[] = {
+    {Placement::kScheduler, "scheduler", "the kernel places every process"},
+    {Placement::kSplit, "split",
+     "host side on one CPU; virtual guest, vsockd and the raw writer/reader it is compared "
+     "with on another"},
+    {Placement::kOneCpu, "one-cpu", "everything on one CPU: CPU cost per byte"},
+};
+const PlacementInfo& Info(Placement p) {
+  for (const PlacementInfo& i : kPlacements) {
+    if (i.placement == p) return i;
+  }
+  return kPlacements[0];
+}
+}  // namespace
+
+const char* PlacementName(Placement p) { return Info(p).name; }
+const char* PlacementNote(Placement p) { return Info(p).note; }
+std::map<std::string, Placement> PlacementsByName() {
+  std::map<std::string, Placement> m;
+  for (const PlacementInfo& i : kPlacements) m.emplace(i.name, i.placement);
+  return m;
+}
+
+bool WaitForListener(const std::string& path, std::chrono::milliseconds timeout) {
+  return testing::WaitFor([&] { return testing::UnixListening(path); }, timeout);
 }
 
 Result<Child> SpawnRoleChild(const std::string& role, const std::string& path, uint32_t port,

@@ -8,7 +8,9 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -64,6 +66,14 @@ int HostSideCpu();
 std::vector<std::string> HostSideArgv(std::vector<std::string> argv);
 // Pins the calling process to `cpu` (role children, --cpu).
 Status PinToCpu(int cpu);
+// --placement's words ("scheduler", "split", "one-cpu") and one-line descriptions.
+const char* PlacementName(Placement p);
+const char* PlacementNote(Placement p);
+std::map<std::string, Placement> PlacementsByName();
+
+// Until a socket listens at `path` (not just exists: a one-shot client connects next).
+bool WaitForListener(const std::string& path,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 // A child running one of our roles (`vsockd_bench --role ...`), stdout on a pipe.
 struct Child {

@@ -65,7 +65,6 @@ using namespace std::chrono_literals;
 using testing::LoopThread;
 using testing::Subprocess;
 using testing::TempDir;
-using testing::WaitFor;
 
 struct Options {
   int vms = 64;
@@ -106,11 +105,6 @@ void Must(const Status& st, const char* what) {
     std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, st.error().ToString().c_str());
     std::exit(1);
   }
-}
-
-// Until a socket listens at `path` (not just exists: clients here do not retry).
-bool WaitForPath(const std::string& path, std::chrono::milliseconds timeout = 10s) {
-  return WaitFor([&] { return testing::UnixListening(path); }, timeout);
 }
 
 // ---- /proc figures of the daemon ----
@@ -323,7 +317,7 @@ class MultiVm {
     VSOCKD_RETURN_IF_ERROR(proc_.Start(argv, dir_.File("vsockd.log")));
     vms_ = vms;
     for (int i = 0; i < vms; ++i) {
-      if (!WaitForPath(Socket(i))) return MakeError(ETIMEDOUT, "vsockd: {}", proc_.Log());
+      if (!WaitForListener(Socket(i))) return MakeError(ETIMEDOUT, "vsockd: {}", proc_.Log());
     }
     return OkStatus();
   }
@@ -663,7 +657,7 @@ Result<Agg> GuestsParallel(MultiVm& m, int n, uint64_t bytes, uint32_t port) {
     auto c = SpawnRoleChild("listen-sink", target, 0, bytes, 0);
     if (!c.ok()) return c.take_error();
     sinks.push_back(std::move(*c));
-    if (!WaitForPath(target)) return MakeError(ETIMEDOUT, "sink on {} did not start", target);
+    if (!WaitForListener(target)) return MakeError(ETIMEDOUT, "sink on {} did not start", target);
   }
   struct Sender {
     std::vector<uint8_t> buf = std::vector<uint8_t>(kWriteSize, 0x5a);

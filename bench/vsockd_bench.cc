@@ -52,7 +52,6 @@ using namespace std::chrono_literals;
 using testing::Daemon;
 using testing::LoopThread;
 using testing::TempDir;
-using testing::WaitFor;
 
 struct Options {
   uint64_t bytes = 512ull << 20;
@@ -71,36 +70,6 @@ struct Options {
   std::string vm_image;
   Placement placement = Placement::kScheduler;
 };
-
-const char* PlacementName(Placement p) {
-  switch (p) {
-    case Placement::kScheduler:
-      return "scheduler";
-    case Placement::kSplit:
-      return "split";
-    case Placement::kOneCpu:
-      return "one-cpu";
-  }
-  return "?";
-}
-
-const char* PlacementNote(Placement p) {
-  switch (p) {
-    case Placement::kScheduler:
-      return "the kernel places every process";
-    case Placement::kSplit:
-      return "host side on one CPU; virtual guest, vsockd and the raw writer/reader it is "
-             "compared with on another";
-    case Placement::kOneCpu:
-      return "everything on one CPU: CPU cost per byte";
-  }
-  return "?";
-}
-
-// Until a socket listens at `path` (not just exists: the first connect does not retry).
-bool WaitForPath(const std::string& path) {
-  return WaitFor([&] { return testing::UnixListening(path); });
-}
 
 // Everything that runs against one daemon + one attached guest.
 class VsockRig {
@@ -130,7 +99,7 @@ class VsockRig {
     uint32_t port = NextPort();
     auto child = SpawnRoleChild("host-sink", daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForPath(daemon_->uds_path() + "_" + std::to_string(port))) {
+    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "host sink did not start");
     }
@@ -220,7 +189,7 @@ class VsockRig {
     uint32_t port = NextPort();
     auto child = SpawnRoleChild("host-echo", daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForPath(daemon_->uds_path() + "_" + std::to_string(port))) {
+    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "host echo did not start");
     }
@@ -269,7 +238,7 @@ class VsockRig {
     uint32_t port = NextPort();
     auto child = SpawnRoleChild("acceptor", daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForPath(daemon_->uds_path() + "_" + std::to_string(port))) {
+    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "acceptor did not start");
     }
@@ -338,7 +307,7 @@ class VsockperfRig {
     VSOCKD_RETURN_IF_ERROR(server_.Start(
         HostSideArgv({Binary(), "-s", fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)}),
         dir_.File("vsockperf-server.log")));
-    if (!WaitForPath(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
+    if (!WaitForListener(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
       return MakeError(ETIMEDOUT, "vsockperf server did not start: {}", server_.Log());
     }
     return OkStatus();
@@ -388,7 +357,7 @@ class VmRig {
         server_.Start(HostSideArgv({testing::BuiltBinary("src/tools/vsockperf/vsockperf"), "-s",
                                     fmt::format("hvsock://{}:{}", daemon_->uds_path(), kPort)}),
                       dir_.File("vsockperf-server.log")));
-    if (!WaitForPath(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
+    if (!WaitForListener(fmt::format("{}_{}", daemon_->uds_path(), kPort))) {
       return MakeError(ETIMEDOUT, "vsockperf server did not start: {}", server_.Log());
     }
     vmtest::VmOptions vo;
@@ -645,12 +614,7 @@ int BenchMain(int argc, char** argv) {
                  "CPU placement: scheduler (default: the kernel decides), split (host side on "
                  "one CPU, guest side and vsockd on another), one-cpu (all on one CPU: CPU "
                  "cost per byte)")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, vsockd::bench::Placement>{
-              {"scheduler", vsockd::bench::Placement::kScheduler},
-              {"split", vsockd::bench::Placement::kSplit},
-              {"one-cpu", vsockd::bench::Placement::kOneCpu}},
-          CLI::ignore_case));
+      ->transform(CLI::CheckedTransformer(vsockd::bench::PlacementsByName(), CLI::ignore_case));
   int role_cpu = -1;
   // Internal: the host-side roles run in child processes.
   app.add_option("--role", role)->group("");

@@ -46,6 +46,13 @@ Result<Fd> ListenUnix(const std::string& path, int backlog, bool nonblocking, in
   return fd;
 }
 
+int SocketType(int fd) {
+  int type = -1;
+  socklen_t len = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return -1;
+  return type;
+}
+
 Result<Fd> ConnectUnix(const std::string& path, bool nonblocking, int type) {
   sockaddr_un addr;
   auto len = MakeUnixAddress(path, &addr);

@@ -29,6 +29,9 @@ Result<Fd> ListenUnix(const std::string& path, int backlog = 128, bool nonblocki
 // Non-blocking AF_UNIX connects complete at once or fail (EAGAIN when the backlog is full).
 Result<Fd> ConnectUnix(const std::string& path, bool nonblocking = false, int type = SOCK_STREAM);
 
+// The socket's type (SOCK_STREAM, SOCK_SEQPACKET, ...); -1 if `fd` is not a socket.
+int SocketType(int fd);
+
 // sendmsg with up to 8 fds as SCM_RIGHTS on the first byte. Blocking semantics: sends all.
 Status SendWithFds(int sock, const void* data, size_t len, std::span<const int> fds);
 

@@ -27,7 +27,7 @@ class SeqpacketShimTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(PathExists(ShimLibrary())) << ShimLibrary();
     ASSERT_TRUE(daemon_.Start().ok()) << daemon_.Log();
-    ASSERT_TRUE(WaitFor([&] { return PathExists(run_dir_ + "/cid_3.seqpacket"); }))
+    ASSERT_TRUE(WaitFor([&] { return UnixListening(run_dir_ + "/cid_3.seqpacket"); }))
         << daemon_.Log();
     vguest::GuestOptions options;
     options.socket_path = daemon_.socket_path();

@@ -112,6 +112,26 @@ class DeviceTest : public ::testing::Test {
     return guest_->PopRx();
   }
 
+  // A host -> guest connect to guest port 5000 that the guest answers with an RST of
+  // `rst_type`; what the connect's callback got (nullopt: it was not called).
+  std::optional<Result<uint32_t>> ConnectToGuestAnsweredByRst(uint16_t rst_type) {
+    std::optional<Result<uint32_t>> result;
+    auto id =
+        device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
+          result = r;
+          return std::nullopt;
+        });
+    EXPECT_TRUE(id.ok());
+    auto req = NextRx();
+    EXPECT_TRUE(req);
+    if (!id.ok() || !req) return result;
+    auto rst = guest_->Header(VIRTIO_VSOCK_OP_RST, 5000, req->hdr.src_port);
+    rst.type = rst_type;
+    EXPECT_TRUE(guest_->Send(rst).ok());
+    Pump();
+    return result;
+  }
+
   // Guest connects kGuestPort -> kHostPort; returns the host peer (non-blocking).
   Fd Connect(uint32_t guest_port = kGuestPort, uint32_t host_port = kHostPort,
              uint32_t guest_buf_alloc = 256 * 1024) {
@@ -900,17 +920,7 @@ TEST_F(DeviceTest, ConnectToGuestAccepted) {
 }
 
 TEST_F(DeviceTest, ConnectToGuestRefused) {
-  std::optional<Result<uint32_t>> result;
-  auto id =
-      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
-        result = r;
-        return std::nullopt;
-      });
-  ASSERT_TRUE(id.ok());
-  auto req = NextRx();
-  ASSERT_TRUE(req);
-  ASSERT_TRUE(guest_->Send(guest_->Header(VIRTIO_VSOCK_OP_RST, 5000, req->hdr.src_port)).ok());
-  Pump();
+  std::optional<Result<uint32_t>> result = ConnectToGuestAnsweredByRst(VIRTIO_VSOCK_TYPE_STREAM);
   ASSERT_TRUE(result.has_value());
   ASSERT_FALSE(result->ok());
   EXPECT_EQ(result->error().code, ECONNREFUSED);
@@ -1495,19 +1505,7 @@ TEST_F(SeqpacketTest, ConnectToGuestNeedsAMessageSocket) {
 // connect (a stream one here, SEQPACKET negotiated): the caller learns it at once, not
 // at its own timeout.
 TEST_F(SeqpacketTest, ConnectToGuestRefusedByRstOfAnotherType) {
-  std::optional<Result<uint32_t>> result;
-  auto id =
-      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
-        result = r;
-        return std::nullopt;
-      });
-  ASSERT_TRUE(id.ok());
-  auto req = NextRx();
-  ASSERT_TRUE(req);
-  auto rst = guest_->Header(VIRTIO_VSOCK_OP_RST, 5000, req->hdr.src_port);
-  rst.type = VIRTIO_VSOCK_TYPE_SEQPACKET;
-  ASSERT_TRUE(guest_->Send(rst).ok());
-  Pump();
+  std::optional<Result<uint32_t>> result = ConnectToGuestAnsweredByRst(VIRTIO_VSOCK_TYPE_SEQPACKET);
   ASSERT_TRUE(result.has_value());
   ASSERT_FALSE(result->ok());
   EXPECT_EQ(result->error().code, ECONNREFUSED);

@@ -148,6 +148,14 @@ TEST(VsockdCliTest, NotifySocketGetsReadyThenStopping) {
 class VguestCliTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(daemon_.Start().ok()) << daemon_.Log(); }
+  // Starts `INPUT_CMD | vguest --socket S ARGS > OUT` in the background.
+  Status StartGuest(Subprocess* guest, const std::string& input_cmd, const std::string& args,
+                    const std::string& out) {
+    return guest->Start({"/bin/sh", "-c",
+                         input_cmd + " | " + Vguest() + " --socket " + daemon_.socket_path() + " " +
+                             args + " > " + out},
+                        dir_.File("vguest.log"));
+  }
   TempDir dir_;
   Daemon daemon_{dir_, 7};
 };
@@ -184,12 +192,7 @@ TEST_F(VguestCliTest, ConnectToAPortNobodyServesFails) {
 TEST_F(VguestCliTest, ListenAcceptsAHostConnection) {
   std::string out = dir_.File("guest-out.txt");
   Subprocess guest;
-  ASSERT_TRUE(guest
-                  .Start({"/bin/sh", "-c",
-                          "echo from-guest | " + Vguest() + " --socket " + daemon_.socket_path() +
-                              " listen 5000 > " + out},
-                         dir_.File("vguest.log"))
-                  .ok());
+  ASSERT_TRUE(StartGuest(&guest, "echo from-guest", "listen 5000", out).ok());
   Result<Fd> fd = MakeError(EAGAIN, "not tried");
   // The guest may not be listening yet: the hybrid reply then says it refused.
   ASSERT_TRUE(WaitFor([&] {
@@ -218,12 +221,7 @@ TEST_F(VguestCliTest, SeqpacketConnectRelaysMessages) {
   SetSocketTimeouts(listener->get(), 10s);  // accept() gives up rather than hang the test
   std::string out = dir_.File("guest-out.bin");
   Subprocess guest;
-  ASSERT_TRUE(guest
-                  .Start({"/bin/sh", "-c",
-                          "printf hello | " + Vguest() + " --socket " + daemon_.socket_path() +
-                              " connect 9300 --seqpacket > " + out},
-                         dir_.File("vguest.log"))
-                  .ok());
+  ASSERT_TRUE(StartGuest(&guest, "printf hello", "connect 9300 --seqpacket", out).ok());
   Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
   ASSERT_TRUE(conn.valid()) << guest.Log();
   SetSocketTimeouts(conn.get(), 10s);
@@ -243,12 +241,7 @@ TEST_F(VguestCliTest, SeqpacketConnectRelaysMessages) {
 TEST_F(VguestCliTest, SeqpacketListenAcceptsAHostSeqpacketConnect) {
   std::string out = dir_.File("guest-out.bin");
   Subprocess guest;
-  ASSERT_TRUE(guest
-                  .Start({"/bin/sh", "-c",
-                          "printf reply | " + Vguest() + " --socket " + daemon_.socket_path() +
-                              " listen 5100 --seqpacket > " + out},
-                         dir_.File("vguest.log"))
-                  .ok());
+  ASSERT_TRUE(StartGuest(&guest, "printf reply", "listen 5100 --seqpacket", out).ok());
   // vsockd's SEQPACKET entry: <uds-path>.seqpacket, one "CONNECT P\n" message, "OK n\n".
   // The guest may not listen yet: vsockd then answers ERR; retry.
   Fd fd;

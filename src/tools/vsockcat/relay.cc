@@ -2,31 +2,18 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 
 #include "base/fd.h"
+#include "base/unix_socket.h"
 
 namespace vsockd::vsockcat {
 namespace {
 
 // Bytes one direction moves before letting other connections run (fairness in --forward).
 constexpr uint64_t kTurnBytes = 4 << 20;
-
-bool IsSocket(int fd) {
-  struct stat st {};
-  return ::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
-}
-
-// SOCK_STREAM, SOCK_SEQPACKET, ...; -1 if `fd` is not a socket.
-int SocketType(int fd) {
-  int type = -1;
-  socklen_t len = sizeof type;
-  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return -1;
-  return type;
-}
 
 }  // namespace
 
@@ -62,11 +49,13 @@ RelayStats Relay::stats() const { return RelayStats{dirs_[0].bytes, dirs_[1].byt
 void Relay::Start() {
   started_ = true;
   for (Direction& d : dirs_) {
-    d.to_is_socket = IsSocket(d.to);
-    d.from_is_seqpacket = SocketType(d.from) == SOCK_SEQPACKET;
+    const int from_type = SocketType(d.from);
+    const int to_type = SocketType(d.to);
+    d.to_is_socket = to_type >= 0;
+    d.from_is_seqpacket = from_type == SOCK_SEQPACKET;
     // Splice only between byte streams: a pipe merges messages (and AF_UNIX / vsock
     // SEQPACKET sockets fall back to copying without an error that would tell us).
-    if (use_splice_ && SocketType(d.to) == SOCK_STREAM && SocketType(d.from) == SOCK_STREAM) {
+    if (use_splice_ && to_type == SOCK_STREAM && from_type == SOCK_STREAM) {
       int p[2];
       if (::pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0) {
         d.pipe_r.Reset(p[0]);

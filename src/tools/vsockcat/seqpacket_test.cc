@@ -85,19 +85,11 @@ TEST(VsockcatSeqpacketTest, ListenAcceptsAGuestSeqpacketConnect) {
                         dir.File("cat.log"))
                   .ok());
   const std::string path = uds + "_7000.seqpacket";
-  ASSERT_TRUE(WaitFor([&] { return PathExists(path); }, 20s)) << cat.Log();
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(path); }, 20s)) << cat.Log();
   EXPECT_FALSE(PathExists(uds + "_7000"));  // not the stream name
-  // The file exists a moment before listen(): retry a refused connect.
-  int g = -1;
+  int g = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   sockaddr_un a = UnixAddr(path);
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        if (g >= 0) ::close(g);
-        g = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        return ::connect(g, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-      },
-      20s))
-      << std::strerror(errno);
+  ASSERT_EQ(::connect(g, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
   ASSERT_EQ(::send(g, "m1", 2, 0), 2);
   ASSERT_EQ(::send(g, "m2", 2, 0), 2);
   EXPECT_EQ(Recv(g), "reply");  // stdin as one message
@@ -135,7 +127,7 @@ TEST(VsockcatSeqpacketTest, ForwardKeepsBoundariesBetweenUnixSeqpacketAndHybrid)
                                  "unix-seqpacket:" + front, "hvsock://" + uds + ":5000"}),
                         dir.File("fwd.log"))
                   .ok());
-  ASSERT_TRUE(WaitFor([&] { return PathExists(front); }, 20s)) << fwd.Log();
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(front); }, 20s)) << fwd.Log();
   int c = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   sockaddr_un fa = UnixAddr(front);
   ASSERT_EQ(::connect(c, reinterpret_cast<sockaddr*>(&fa), sizeof fa), 0);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "base/log.h"
+#include "base/unix_socket.h"
 #include "vguest/guest.h"
 #include "vsock/vsock.h"
 
@@ -28,10 +29,7 @@ class FdConn : public Conn, public std::enable_shared_from_this<FdConn> {
 
   Status Register() {
     // SEQPACKET: every read is one message, so a short read does not mean "drained".
-    int type = 0;
-    socklen_t type_len = sizeof type;
-    messages_ =
-        ::getsockopt(fd_, SOL_SOCKET, SO_TYPE, &type, &type_len) == 0 && type == SOCK_SEQPACKET;
+    messages_ = SocketType(fd_) == SOCK_SEQPACKET;
     std::weak_ptr<FdConn> weak = weak_from_this();
     VSOCKD_RETURN_IF_ERROR(loop_->Add(fd_, EPOLLIN, [weak](uint32_t events) {
       if (auto self = weak.lock()) self->OnEvents(events);

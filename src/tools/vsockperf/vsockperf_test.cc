@@ -27,6 +27,7 @@ using testing::PathExists;
 using testing::ReadFile;
 using testing::Subprocess;
 using testing::TempDir;
+using testing::UnixListening;
 using testing::WaitFor;
 
 // ---- protocol ------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class VsockperfTest : public ::testing::Test {
                    dir_.File("server.log"))
             .ok());
     ASSERT_TRUE(WaitFor([&] {
-      return PathExists(daemon_.uds_path() + "_" + std::to_string(kPort));
+      return UnixListening(daemon_.uds_path() + "_" + std::to_string(kPort));
     })) << server_.Log();
   }
   void StartGuestServer() {
@@ -389,7 +390,7 @@ TEST(VsockperfServerTest, DropsBadHeadersAndKeepsServing) {
   std::string path = dir.File("perf.sock");
   ASSERT_TRUE(
       server.Start(Guarded({VsockperfPath(), "-s", "unix:" + path}), dir.File("server.log")).ok());
-  ASSERT_TRUE(WaitFor([&] { return PathExists(path); })) << server.Log();
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(path); })) << server.Log();
   {
     auto fd = ConnectUnix(path);
     ASSERT_TRUE(fd.ok());
@@ -429,15 +430,9 @@ TEST(VsockperfSeqpacketTest, ThroughputReverseAndLatencyOverSeqpacket) {
                  dir.File("server.log"))
           .ok());
   const std::string path = uds + "_7300.seqpacket";
-  ASSERT_TRUE(WaitFor([&] { return PathExists(path); })) << server.Log();
+  ASSERT_TRUE(WaitFor([&] { return UnixListening(path); })) << server.Log();
   EXPECT_FALSE(PathExists(uds + "_7300"));
-  // The file exists a moment before listen(): retry a refused first run.
   auto r = RunPerf(dir, "--seqpacket -c unix:" + path + " -n 8M -l 64K --json");
-  WaitFor([&] {
-    if (r.exit_code == 0) return true;
-    r = RunPerf(dir, "--seqpacket -c unix:" + path + " -n 8M -l 64K --json");
-    return r.exit_code == 0;
-  });
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out << server.Log();
   EXPECT_EQ(ParseJson(r)["summary"]["receiver"]["bytes"], 8ull << 20);
   r = RunPerf(dir, "--seqpacket -c unix:" + path + " -n 4M -l 100K -R --json");
