@@ -6,6 +6,7 @@
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -171,6 +172,26 @@ void StopRole(Child& child) {
   child.pid = -1;
 }
 
+namespace {
+double ClockSeconds(clockid_t clock) {
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+}  // namespace
+
+double ThreadCpuSeconds() { return ClockSeconds(CLOCK_THREAD_CPUTIME_ID); }
+double ProcessCpuSeconds() { return ClockSeconds(CLOCK_PROCESS_CPUTIME_ID); }
+Result<double> ProcessCpuSeconds(pid_t pid) {
+  clockid_t clock;
+  if (int e = ::clock_getcpuclockid(pid, &clock); e != 0) {
+    return MakeError(e, "CPU clock of process {}", pid);
+  }
+  timespec ts{};
+  if (::clock_gettime(clock, &ts) != 0) return ErrnoError("CPU clock of process {}", pid);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
 Result<ThroughputResult> SinkUntilEof(int fd) {
   std::vector<uint8_t> buf(256 * 1024);
   ThroughputResult r;
@@ -246,16 +267,19 @@ Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size) {
   Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) return ErrnoError("accept");
   // The child connected to us and sinks; we are the source, like the guest app.
+  const double cpu0 = ThreadCpuSeconds();
   VSOCKD_RETURN_IF_ERROR(SourceBytes(conn.get(), total, write_size));
+  const double writer_cpu = ThreadCpuSeconds() - cpu0;
   conn.Reset();
   auto out = ReadAllAndWait(*child);
   ::unlink(path.c_str());
   ::rmdir(dir);
   if (!out.ok()) return out.take_error();
   ThroughputResult r;
-  if (std::sscanf(out->c_str(), "%lu %lf", &r.bytes, &r.seconds) != 2) {
+  if (std::sscanf(out->c_str(), "%lu %lf %lf", &r.bytes, &r.seconds, &r.cpu.reader) != 3) {
     return MakeError(EIO, "bad sink output '{}'", *out);
   }
+  r.cpu.writer = writer_cpu;
   return r;
 }
 
@@ -284,9 +308,11 @@ Result<double> RawUnixConnectRate(double seconds) {
   std::string path = std::string(dir) + "/raw.sock";
   auto child = SpawnRole("acceptor", path, 0, 0, 0);
   if (!child.ok()) return child.take_error();
-  // Wait for the child's listener.
-  for (int i = 0; i < 1000 && ::access(path.c_str(), F_OK) != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  // Wait for the child's listen(): its socket file appears at bind(), a moment earlier, and a
+  // connect in between is refused (seen with --placement one-cpu).
+  if (!WaitForListener(path)) {
+    StopRole(*child);
+    return MakeError(ETIMEDOUT, "raw acceptor did not start");
   }
   uint64_t count = 0;
   auto start = Clock::now();
@@ -319,9 +345,10 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
       auto s = EchoUntilEof(fd->get());
       return s.ok() ? 0 : fail(s.error());
     }
+    const double cpu0 = ProcessCpuSeconds();
     auto r = SinkUntilEof(fd->get());
     if (!r.ok()) return fail(r.error());
-    std::printf("%lu %.9f\n", r->bytes, r->seconds);
+    std::printf("%lu %.9f %.9f\n", r->bytes, r->seconds, ProcessCpuSeconds() - cpu0);
     return 0;
   }
   if (role == "host-sink" || role == "host-echo" || role == "acceptor") {
@@ -343,9 +370,10 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
       auto s = EchoUntilEof(c.get());
       return s.ok() ? 0 : fail(s.error());
     }
+    const double cpu0 = ProcessCpuSeconds();
     auto r = SinkUntilEof(c.get());
     if (!r.ok()) return fail(r.error());
-    std::printf("%lu %.9f\n", r->bytes, r->seconds);
+    std::printf("%lu %.9f %.9f\n", r->bytes, r->seconds, ProcessCpuSeconds() - cpu0);
     return 0;
   }
   if (role == "host-source") {
@@ -358,13 +386,14 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
     char ch;
     while (ReadExact(fd->get(), &ch, 1).ok() && ch != '\n') line.push_back(ch);
     if (line.rfind("OK", 0) != 0) return fail(MakeError(ECONNREFUSED, "reply '{}'", line));
+    const double cpu0 = ProcessCpuSeconds();
     auto s = SourceBytes(fd->get(), total, write_size);
     if (!s.ok()) return fail(s.error());
     // Wait for the guest to close so the sink's timing includes everything.
     char c;
     while (::read(fd->get(), &c, 1) > 0) {
     }
-    std::printf("done\n");
+    std::printf("done %.9f\n", ProcessCpuSeconds() - cpu0);
     return 0;
   }
   std::fprintf(stderr, "unknown role '%s'\n", role.c_str());

@@ -19,11 +19,29 @@
 
 namespace vsockd::bench {
 
+// CPU time one transfer cost each party, in seconds, from the kernel's per-thread and
+// per-process CPU clocks (exact, not tick-sampled). Unlike throughput it does not depend on
+// how fast this machine wakes an idle CPU, so it shows what vsockd itself costs next to the
+// raw baseline's reader in any placement. writer/reader: the two ends (a process, or the
+// virtual guest's loop thread); device: vsockd (0 for raw AF_UNIX).
+struct CpuCost {
+  double writer = 0;
+  double device = 0;
+  double reader = 0;
+  double total() const { return writer + device + reader; }
+};
+
 struct ThroughputResult {
   uint64_t bytes = 0;
   double seconds = 0;
+  CpuCost cpu;
   double gbps() const { return seconds > 0 ? bytes * 8.0 / seconds / 1e9 : 0; }
 };
+
+// CPU seconds used so far by the calling thread, by this process, and by process `pid`.
+double ThreadCpuSeconds();
+double ProcessCpuSeconds();
+Result<double> ProcessCpuSeconds(pid_t pid);
 
 struct LatencyResult {
   double p50_us = 0;

@@ -16,6 +16,7 @@ for placement in scheduler one-cpu split; do
   echo "== vsockd_bench --placement $placement"
   "$build/bench/vsockd_bench" "${tiny[@]}" --placement "$placement" --json "$out/$placement.json"
   check_json "$out/$placement.json" ratio
+  check_json "$out/$placement.json" cpu_ms_per_gib
   grep -q "\"placement\": \"$placement\"" "$out/$placement.json"
 done
 echo "== vsockd_scale_bench --quick (smaller)"

@@ -94,9 +94,22 @@ class VsockRig {
 
   uint32_t NextPort() { return next_port_++; }
 
+  // CPU seconds so far of vsockd and of the virtual guest's loop thread (CpuCost).
+  struct CpuMark {
+    double device = 0;
+    double guest = 0;
+  };
+  Result<CpuMark> MarkCpu() {
+    auto device = ProcessCpuSeconds(daemon_->pid());
+    if (!device.ok()) return device.take_error();
+    return CpuMark{*device, loop_.Call([] { return ThreadCpuSeconds(); })};
+  }
+
   // The guest writes `total` bytes in `write_size` writes to a host sink.
   Result<ThroughputResult> GuestToHost(uint64_t total, size_t write_size) {
     uint32_t port = NextPort();
+    auto mark = MarkCpu();
+    if (!mark.ok()) return mark.take_error();
     auto child = SpawnRoleChild("host-sink", daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
     if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
@@ -138,9 +151,14 @@ class VsockRig {
     if (!st.ok()) return st.take_error();
     if (!out.ok()) return out.take_error();
     ThroughputResult r;
-    if (std::sscanf(out->c_str(), "%lu %lf", &r.bytes, &r.seconds) != 2 || r.bytes != total) {
+    if (std::sscanf(out->c_str(), "%lu %lf %lf", &r.bytes, &r.seconds, &r.cpu.reader) != 3 ||
+        r.bytes != total) {
       return MakeError(EIO, "host sink reported '{}' (expected {} bytes)", *out, total);
     }
+    auto end = MarkCpu();
+    if (!end.ok()) return end.take_error();
+    r.cpu.writer = end->guest - mark->guest;
+    r.cpu.device = end->device - mark->device;
     return r;
   }
 
@@ -148,6 +166,8 @@ class VsockRig {
   // sinks them.
   Result<ThroughputResult> HostToGuest(uint64_t total, size_t write_size) {
     uint32_t port = NextPort();
+    auto mark = MarkCpu();
+    if (!mark.ok()) return mark.take_error();
     std::promise<ThroughputResult> done;
     ThroughputResult r;
     Clock::time_point first{};
@@ -181,6 +201,13 @@ class VsockRig {
     });
     if (!out.ok()) return out.take_error();
     if (got.bytes != total) return MakeError(EIO, "guest got {} of {} bytes", got.bytes, total);
+    if (std::sscanf(out->c_str(), "done %lf", &got.cpu.writer) != 1) {
+      return MakeError(EIO, "host source reported '{}'", *out);
+    }
+    auto end = MarkCpu();
+    if (!end.ok()) return end.take_error();
+    got.cpu.device = end->device - mark->device;
+    got.cpu.reader = end->guest - mark->guest;
     return got;
   }
 
@@ -421,7 +448,19 @@ struct Figure {
   std::string unit;  // "Gbit/s", "us", "conn/s"
   bool lower_is_better = false;
   std::vector<double> vsock, raw;
+  // Throughput figures of our own transfers: what each run cost in CPU (CpuCost).
+  std::vector<CpuCost> vsock_cpu, raw_cpu;
 };
+
+// Milliseconds of CPU per GiB moved, the median over runs of one part of CpuCost.
+template <typename Part>
+double CpuMsPerGib(const std::vector<CpuCost>& runs, uint64_t bytes, Part part) {
+  std::vector<double> v;
+  v.reserve(runs.size());
+  for (const CpuCost& c : runs)
+    v.push_back(part(c) * 1e3 * static_cast<double>(1ull << 30) / static_cast<double>(bytes));
+  return Median(v);
+}
 
 template <typename T>
 T Must(Result<T> r, const char* what) {
@@ -492,15 +531,21 @@ int RunBench(const Options& o) {
     for (int i = 0; i < 2; ++i) {
       size_t ws = i == 0 ? 4096 : 65536;
       if (!wanted(i) && !wanted(2 + i)) continue;
-      double raw = Must(RawUnixThroughput(o.bytes, ws), "raw throughput").gbps();
-      if (i == 1) raw64 = raw;
-      figs[i].raw.push_back(raw);
-      figs[2 + i].raw.push_back(raw);  // AF_UNIX is symmetric: one baseline per size
+      ThroughputResult raw = Must(RawUnixThroughput(o.bytes, ws), "raw throughput");
+      if (i == 1) raw64 = raw.gbps();
+      for (Figure* f : {&figs[i], &figs[2 + i]}) {  // AF_UNIX is symmetric: one baseline per size
+        f->raw.push_back(raw.gbps());
+        f->raw_cpu.push_back(raw.cpu);
+      }
       if (wanted(i)) {
-        figs[i].vsock.push_back(Must(rig.GuestToHost(o.bytes, ws), "guest->host").gbps());
+        ThroughputResult v = Must(rig.GuestToHost(o.bytes, ws), "guest->host");
+        figs[i].vsock.push_back(v.gbps());
+        figs[i].vsock_cpu.push_back(v.cpu);
       }
       if (wanted(2 + i)) {
-        figs[2 + i].vsock.push_back(Must(rig.HostToGuest(o.bytes, ws), "host->guest").gbps());
+        ThroughputResult v = Must(rig.HostToGuest(o.bytes, ws), "host->guest");
+        figs[2 + i].vsock.push_back(v.gbps());
+        figs[2 + i].vsock_cpu.push_back(v.cpu);
       }
     }
     if (wanted(4) || wanted(5)) {
@@ -556,6 +601,7 @@ int RunBench(const Options& o) {
       "\"figures\": [\n",
       o.rounds, o.bytes, o.guest_buf_alloc, PlacementName(o.placement));
   bool first = true;
+  std::string cpu_rows;  // the CPU-cost table, printed after the figures
   for (size_t i = 0; i < figs.size(); ++i) {
     const Figure& f = figs[i];
     if (f.vsock.empty()) continue;  // not run (--only)
@@ -569,9 +615,43 @@ int RunBench(const Options& o) {
     json += fmt::format(
         "    {{\"name\": \"{}\", \"unit\": \"{}\", \"vsockd\": {:.4f}, \"raw_af_unix\": {:.4f}, "
         "\"ratio\": {:.4f}, \"lower_is_better\": {}, \"vsockd_runs\": [{}], \"raw_runs\": "
-        "[{}]}}",
+        "[{}]",
         f.name, f.unit, v, r, ratio, f.lower_is_better, fmt::join(f.vsock, ", "),
         fmt::join(f.raw, ", "));
+    if (!f.vsock_cpu.empty() && !f.raw_cpu.empty()) {
+      auto ms = [&](const std::vector<CpuCost>& runs, double CpuCost::*part) {
+        return CpuMsPerGib(runs, o.bytes, [part](const CpuCost& c) { return c.*part; });
+      };
+      auto total = [&](const std::vector<CpuCost>& runs) {
+        return CpuMsPerGib(runs, o.bytes, [](const CpuCost& c) { return c.total(); });
+      };
+      const double vt = total(f.vsock_cpu), rt = total(f.raw_cpu);
+      json += fmt::format(
+          ", \"cpu_ms_per_gib\": {{\"vsockd\": {{\"writer\": {:.2f}, \"vsockd\": {:.2f}, "
+          "\"reader\": {:.2f}, \"total\": {:.2f}}}, \"raw_af_unix\": {{\"writer\": {:.2f}, "
+          "\"reader\": {:.2f}, \"total\": {:.2f}}}, \"ratio\": {:.4f}}}",
+          ms(f.vsock_cpu, &CpuCost::writer), ms(f.vsock_cpu, &CpuCost::device),
+          ms(f.vsock_cpu, &CpuCost::reader), vt, ms(f.raw_cpu, &CpuCost::writer),
+          ms(f.raw_cpu, &CpuCost::reader), rt, rt > 0 ? vt / rt : 0);
+      cpu_rows += fmt::format(
+          "| {:<30} | {:6.1f} + {:6.1f} + {:6.1f} = {:6.1f} | {:6.1f} + {:6.1f} = {:6.1f} | "
+          "{:5.2f}x |\n",
+          f.name.substr(f.name.find(' ') + 1), ms(f.vsock_cpu, &CpuCost::writer),
+          ms(f.vsock_cpu, &CpuCost::device), ms(f.vsock_cpu, &CpuCost::reader), vt,
+          ms(f.raw_cpu, &CpuCost::writer), ms(f.raw_cpu, &CpuCost::reader), rt,
+          rt > 0 ? vt / rt : 0);
+    }
+    json += "}";
+  }
+  if (!cpu_rows.empty()) {
+    std::printf(
+        "\nCPU time per GiB moved, ms (the same transfers; per-thread CPU clocks, so free of "
+        "wakeup\nlatency; lower is better, ratio = vsockd path / raw)\n");
+    std::printf("| %-30s | %-33s | %-24s | %6s |\n", "transfer", "vsockd: writer + vsockd + reader",
+                "raw: writer + reader", "ratio");
+    std::printf("|%s|%s|%s|%s|\n", std::string(32, '-').c_str(), std::string(35, '-').c_str(),
+                std::string(26, '-').c_str(), std::string(8, '-').c_str());
+    std::printf("%s", cpu_rows.c_str());
   }
   if (!vm_rows) {
     std::printf("\n(no real-guest rows: %s)\n",

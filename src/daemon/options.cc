@@ -74,6 +74,21 @@ std::string UsageError(const std::string& message) {
   return fmt::format("vsockd: error: {}\nRun 'vsockd --help' for usage.\n", message);
 }
 
+// The one number parser of the flags and VM specs: decimal digits only (no sign, no spaces,
+// nothing after), so "3x" or "-1" is an error, not 3 or 2^64-1 as strtoull would make them.
+enum class Digits { kOk, kNotDecimal, kTooLarge };
+Digits ParseDigits(std::string_view text, uint64_t* value) {
+  if (text.empty()) return Digits::kNotDecimal;
+  uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return Digits::kNotDecimal;
+    if (v > (UINT64_MAX - 9) / 10) return Digits::kTooLarge;
+    v = v * 10 + static_cast<uint64_t>(c - '0');
+  }
+  *value = v;
+  return Digits::kOk;
+}
+
 }  // namespace
 
 std::string VersionString() { return fmt::format("vsockd {}", VSOCKD_VERSION); }
@@ -108,14 +123,13 @@ Status ValidateGuestCid(uint64_t cid) {
 Result<uint64_t> ParseGuestCid(std::string_view text) {
   if (text.empty()) return MakeError(EINVAL, "empty guest CID; use 3..4294967294");
   uint64_t value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') {
+  switch (ParseDigits(text, &value)) {
+    case Digits::kNotDecimal:
       return MakeError(EINVAL, "guest CID '{}' is not a decimal number; use 3..4294967294", text);
-    }
-    if (value > (UINT64_MAX - 9) / 10) {
+    case Digits::kTooLarge:
       return MakeError(ERANGE, "guest CID {} does not fit in 32 bits; use 3..4294967294", text);
-    }
-    value = value * 10 + static_cast<uint64_t>(c - '0');
+    case Digits::kOk:
+      break;
   }
   VSOCKD_RETURN_IF_ERROR(ValidateGuestCid(value));
   return value;
@@ -135,12 +149,13 @@ Result<uint64_t> ParseDecimal(std::string_view key, std::string_view text, uint6
                               uint64_t max) {
   if (text.empty()) return MakeError(EINVAL, "{}: empty value", key);
   uint64_t value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') {
+  switch (ParseDigits(text, &value)) {
+    case Digits::kNotDecimal:
       return MakeError(EINVAL, "{}: '{}' is not a decimal number", key, text);
-    }
-    if (value > (UINT64_MAX - 9) / 10) return MakeError(ERANGE, "{}: {} is too large", key, text);
-    value = value * 10 + static_cast<uint64_t>(c - '0');
+    case Digits::kTooLarge:
+      return MakeError(ERANGE, "{}: {} is too large", key, text);
+    case Digits::kOk:
+      break;
   }
   if (value < min || value > max) {
     return MakeError(ERANGE, "{}: {} is out of range {}..{}", key, text, min, max);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <functional>
 
 #include "base/fd.h"
 #include "base/log.h"
@@ -30,6 +31,7 @@ struct OpState {
   vsock::HostBackend::ConnectDone done;
   Fd fd;  // our end of the socketpair, handed to the device on success
   bool seqpacket = false;
+  bool target_answered = false;  // the target's outcome came back (not our own timeout)
   EventLoop::TimerId timer = 0;
 
   void Finish(Status result) {
@@ -50,22 +52,34 @@ struct OpState {
   }
 };
 
+// What the caller's and the target's threads share about one sibling connect.
+struct TargetState {
+  std::atomic<bool> cancelled{false};  // the caller gave up (set on the caller's thread)
+  uint64_t connect_id = 0;             // the target device's connect; target thread only
+};
+
 class SiblingConnectOp : public vsock::PendingConnect {
  public:
-  SiblingConnectOp(std::shared_ptr<OpState> state, std::shared_ptr<std::atomic<bool>> cancelled)
-      : state_(std::move(state)), cancelled_(std::move(cancelled)) {}
+  SiblingConnectOp(std::shared_ptr<OpState> state, std::shared_ptr<TargetState> shared)
+      : state_(std::move(state)), shared_(std::move(shared)) {}
   ~SiblingConnectOp() override {
-    // The target may still be connecting its guest: it sees the flag (or our closed end of
-    // the socketpair) and resets its guest's side.
-    cancelled_->store(true);
+    const bool answered = state_->target_answered;
+    shared_->cancelled.store(true);
     if (state_->timer != 0) state_->loop->CancelTimer(state_->timer);
     state_->timer = 0;
     state_->done = nullptr;
+    // The caller gave up before an answer (its guest reset the connect, or its bound ran
+    // out): the target's device drops its half-open connect now and resets its guest's
+    // side, instead of letting its guest accept a connection nobody will use.
+    if (!answered && cancel_target_) cancel_target_();
   }
+  // Set once the connect was posted to a target: tells the target to drop its connect.
+  void SetCancelTarget(std::function<void()> f) { cancel_target_ = std::move(f); }
 
  private:
   std::shared_ptr<OpState> state_;
-  std::shared_ptr<std::atomic<bool>> cancelled_;
+  std::shared_ptr<TargetState> shared_;
+  std::function<void()> cancel_target_;
 };
 
 // Arms `state`'s timer to finish with `result` (also the way an immediate refusal is
@@ -112,8 +126,12 @@ std::shared_ptr<SiblingRouter::Vm> SiblingRouter::Find(uint64_t cid) const {
 }
 
 bool SiblingRouter::MayConnect(uint64_t from, uint64_t to) const {
-  if (from == to) return false;
   std::lock_guard<std::mutex> lock(mu_);
+  return MayConnectLocked(from, to);
+}
+
+bool SiblingRouter::MayConnectLocked(uint64_t from, uint64_t to) const {
+  if (from == to) return false;
   auto a = Find(from);
   auto b = Find(to);
   if (!a || !b) return false;
@@ -139,16 +157,17 @@ std::unique_ptr<vsock::PendingConnect> SiblingRouter::Connect(
   auto state = std::make_shared<OpState>();
   state->loop = loop;
   state->done = std::move(done);
-  auto cancelled = std::make_shared<std::atomic<bool>>(false);
-  auto op = std::make_unique<SiblingConnectOp>(state, cancelled);
+  auto shared = std::make_shared<TargetState>();
+  auto op = std::make_unique<SiblingConnectOp>(state, shared);
 
   std::shared_ptr<Vm> target;
   const bool seqpacket = info.type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET;
-  bool allowed = (seqpacket || info.type == vsock::VIRTIO_VSOCK_TYPE_STREAM) &&
-                 MayConnect(info.guest_cid, info.host_cid);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (allowed) target = Find(info.host_cid);
+    if ((seqpacket || info.type == vsock::VIRTIO_VSOCK_TYPE_STREAM) &&
+        MayConnectLocked(info.guest_cid, info.host_cid)) {
+      target = Find(info.host_cid);
+    }
     if (target) {
       ++routed_;
     } else {
@@ -189,33 +208,47 @@ std::unique_ptr<vsock::PendingConnect> SiblingRouter::Connect(
   // Runs on the target's thread: posts the outcome back to the caller's loop.
   auto reply = [loop, weak](Status result) {
     loop->Post([weak, result]() mutable {
-      if (auto s = weak.lock()) s->Finish(std::move(result));
+      if (auto s = weak.lock()) {
+        s->target_answered = true;
+        s->Finish(std::move(result));
+      }
     });
   };
   const uint64_t peer_cid = info.guest_cid;
   const uint32_t peer_port = info.guest_port;
   const uint32_t guest_port = info.host_port;
   const uint16_t type = info.type;
-  target->loop->Post([target, theirs, reply, cancelled, peer_cid, peer_port, guest_port, type] {
-    if (cancelled->load()) return;  // the caller gave up; `theirs` closes
+  target->loop->Post([target, theirs, reply, shared, peer_cid, peer_port, guest_port, type] {
+    if (shared->cancelled.load()) return;  // the caller gave up; `theirs` closes
     if (target->connector == nullptr) {
       reply(MakeError(ECONNRESET, "CID {} went away", target->cid));
       return;
     }
     auto id = target->connector->ConnectToGuestFrom(
         peer_cid, peer_port, guest_port, type,
-        [theirs, reply, cancelled, type](Result<uint32_t> r) -> std::optional<vsock::HostStream> {
+        [theirs, reply, shared, type](Result<uint32_t> r) -> std::optional<vsock::HostStream> {
           if (!r.ok()) {
             reply(r.take_error());
             return std::nullopt;
           }
-          if (cancelled->load() || !theirs->valid()) return std::nullopt;  // device resets
+          if (shared->cancelled.load() || !theirs->valid()) return std::nullopt;  // device resets
           reply(OkStatus());
           return vsock::HostStream{std::move(*theirs),
                                    {},
                                    /*message_flags=*/type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET};
         });
-    if (!id.ok()) reply(id.take_error());
+    if (!id.ok()) {
+      reply(id.take_error());
+      return;
+    }
+    shared->connect_id = *id;
+  });
+  op->SetCancelTarget([target, shared] {
+    target->loop->Post([target, shared] {
+      if (shared->connect_id != 0 && target->connector != nullptr) {
+        target->connector->CancelConnectToGuest(shared->connect_id);
+      }
+    });
   });
   return op;
 }

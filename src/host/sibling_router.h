@@ -17,11 +17,13 @@
 // A's port) as the source guest B sees. When B's guest answers RESPONSE, B's device attaches
 // its end and the result is posted back to A's thread, where A's device attaches the other
 // end and sends RESPONSE to guest A. B refusing (RST), not answering (B's connect timeout) or
-// being gone makes A's connect fail: RST to guest A. From then on each device treats the
-// socketpair end as an ordinary host stream: data, credit, half-close (shutdown(SHUT_WR) ->
-// EOF -> SHUTDOWN) and teardown (one side's frontend going away closes its end: the other
-// guest gets SHUTDOWN then RST) come for free, and neither VM's thread ever touches the
-// other's device.
+// being gone makes A's connect fail: RST to guest A. A giving up first (guest A's RST, or
+// A's own bound) cancels B's pending connect on B's thread, so B's device drops it and resets
+// guest B's half-open side at once instead of completing a connection nobody uses. From then on
+// each device treats the socketpair end as an ordinary host stream: data, credit, half-close
+// (shutdown(SHUT_WR) -> EOF -> SHUTDOWN) and teardown (one side's frontend going away closes its
+// end: the other guest gets SHUTDOWN then RST) come for free, and neither VM's thread ever touches
+// the other's device.
 //
 // Callers: the daemon registers every VM at start (Register) and unregisters it before
 // destroying the VM; vsock::Device calls RoutingBackend::ConnectToHost.
@@ -93,7 +95,8 @@ class SiblingRouter {
 
  private:
   struct Vm;
-  std::shared_ptr<Vm> Find(uint64_t cid) const;
+  std::shared_ptr<Vm> Find(uint64_t cid) const;             // mu_ held
+  bool MayConnectLocked(uint64_t from, uint64_t to) const;  // mu_ held
 
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<Vm>> vms_;  // guarded by mu_

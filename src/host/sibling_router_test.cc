@@ -30,6 +30,12 @@ class FakeSibling : public SiblingConnector {
     if (type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET && !seqpacket) {
       return MakeError(EPROTONOSUPPORT, "seqpacket not negotiated");
     }
+    if (hold) {
+      // A guest that has not answered yet: the connect stays pending until cancelled.
+      held_done = std::move(done);
+      ++connects;
+      return uint64_t{7};
+    }
     if (accept) {
       auto stream = done(peer_port);
       if (stream) stream_fd = std::move(stream->fd);
@@ -41,9 +47,13 @@ class FakeSibling : public SiblingConnector {
     }
     return uint64_t{1};
   }
-  void CancelConnectToGuest(uint64_t) override {}
+  void CancelConnectToGuest(uint64_t id) override { cancelled_id = id; }
 
   bool accept = true;
+  bool hold = false;
+  GuestConnector::Done held_done;
+  std::atomic<int> connects{0};
+  std::atomic<uint64_t> cancelled_id{0};
   bool seqpacket = true;
   uint16_t last_type = 0xffff;
   uint64_t last_peer_cid = 0;
@@ -244,6 +254,58 @@ TEST_F(SiblingRouterTest, CancelledConnectNeverCallsBack) {
   op.reset();
   for (int i = 0; i < 20; ++i) a_loop_->RunOnce(10);
   EXPECT_FALSE(called);
+}
+
+TEST_F(SiblingRouterTest, CallerGivingUpCancelsTheTargetsPendingConnect) {
+  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  b_.hold = true;
+  bool called = false;
+  vsock::ConnectionInfo info{3, 1000, 4, 2000};
+  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
+                            [&](Result<vsock::HostStream>) { called = true; });
+  for (int i = 0; i < 2000 && b_.connects.load() == 0; ++i) usleep(1000);
+  ASSERT_EQ(b_.connects.load(), 1);
+  EXPECT_EQ(b_.cancelled_id.load(), 0u);
+  // Guest A reset its connect: B's device must drop the half-open connect it holds.
+  op.reset();
+  for (int i = 0; i < 2000 && b_.cancelled_id.load() == 0; ++i) usleep(1000);
+  EXPECT_EQ(b_.cancelled_id.load(), 7u);
+  for (int i = 0; i < 5; ++i) a_loop_->RunOnce(10);
+  EXPECT_FALSE(called);
+}
+
+TEST_F(SiblingRouterTest, CallerTimeoutCancelsTheTargetsPendingConnect) {
+  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  b_.hold = true;
+  std::optional<Result<vsock::HostStream>> result;
+  vsock::ConnectionInfo info{3, 1000, 4, 2000};
+  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(50),
+                            [&](Result<vsock::HostStream> r) { result = std::move(r); });
+  for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+  ASSERT_TRUE(result);
+  ASSERT_FALSE(result->ok());
+  EXPECT_EQ(result->error().code, ETIMEDOUT);
+  op.reset();  // the device resets guest A and drops the PendingConnect
+  for (int i = 0; i < 2000 && b_.cancelled_id.load() == 0; ++i) usleep(1000);
+  EXPECT_EQ(b_.cancelled_id.load(), 7u);
+}
+
+TEST_F(SiblingRouterTest, AnsweredConnectIsNotCancelled) {
+  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
+  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  std::optional<Result<vsock::HostStream>> result;
+  vsock::ConnectionInfo info{3, 1000, 4, 2000};
+  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
+                            [&](Result<vsock::HostStream> r) { result = std::move(r); });
+  for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+  ASSERT_TRUE(result && result->ok());
+  op.reset();  // the device drops its PendingConnect once answered
+  std::promise<void> drained;
+  b_loop_->Post([&] { drained.set_value(); });
+  drained.get_future().wait();
+  EXPECT_EQ(b_.cancelled_id.load(), 0u);
 }
 
 }  // namespace
