@@ -592,9 +592,13 @@ int RunBench(const Options& o) {
       "buf_alloc %u)\nplacement %s: %s\n\n",
       o.rounds, static_cast<unsigned long>(o.bytes >> 20), o.guest_buf_alloc,
       PlacementName(o.placement), PlacementNote(o.placement));
-  std::printf("| %-46s | %12s | %12s | %7s |\n", "figure", "vsockd", "raw AF_UNIX", "ratio");
-  std::printf("|%s|%s|%s|%s|\n", std::string(48, '-').c_str(), std::string(14, '-').c_str(),
-              std::string(14, '-').c_str(), std::string(9, '-').c_str());
+  // "per round": the lowest and highest ratio of one round's pair (vsockd and raw measured
+  // back to back); a wide range says the machine, not vsockd, moved the median.
+  std::printf("| %-46s | %12s | %12s | %7s | %13s |\n", "figure", "vsockd", "raw AF_UNIX", "ratio",
+              "per round");
+  std::printf("|%s|%s|%s|%s|%s|\n", std::string(48, '-').c_str(), std::string(14, '-').c_str(),
+              std::string(14, '-').c_str(), std::string(9, '-').c_str(),
+              std::string(15, '-').c_str());
   std::string json = fmt::format(
       "{{\n  \"unit_note\": \"ratio = vsockd / raw AF_UNIX\",\n  \"rounds\": {},\n  "
       "\"bytes_per_transfer\": {},\n  \"guest_buf_alloc\": {},\n  \"placement\": \"{}\",\n  "
@@ -607,17 +611,28 @@ int RunBench(const Options& o) {
     if (f.vsock.empty()) continue;  // not run (--only)
     double v = Median(f.vsock), r = Median(f.raw);
     double ratio = r > 0 ? v / r : 0;
-    std::printf("| %-46s | %8.2f %-3s | %8.2f %-3s | %6.2fx |\n", f.name.c_str(), v,
+    std::vector<double> round_ratios;
+    if (f.vsock.size() == f.raw.size()) {
+      for (size_t k = 0; k < f.vsock.size(); ++k) {
+        if (f.raw[k] > 0) round_ratios.push_back(f.vsock[k] / f.raw[k]);
+      }
+    }
+    std::string range = "-";
+    if (!round_ratios.empty()) {
+      auto [lo, hi] = std::minmax_element(round_ratios.begin(), round_ratios.end());
+      range = fmt::format("{:.2f}-{:.2f}", *lo, *hi);
+    }
+    std::printf("| %-46s | %8.2f %-3s | %8.2f %-3s | %6.2fx | %13s |\n", f.name.c_str(), v,
                 f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), r,
-                f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), ratio);
+                f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), ratio, range.c_str());
     if (!first) json += ",\n";
     first = false;
     json += fmt::format(
         "    {{\"name\": \"{}\", \"unit\": \"{}\", \"vsockd\": {:.4f}, \"raw_af_unix\": {:.4f}, "
         "\"ratio\": {:.4f}, \"lower_is_better\": {}, \"vsockd_runs\": [{}], \"raw_runs\": "
-        "[{}]",
+        "[{}], \"round_ratios\": [{:.4f}]",
         f.name, f.unit, v, r, ratio, f.lower_is_better, fmt::join(f.vsock, ", "),
-        fmt::join(f.raw, ", "));
+        fmt::join(f.raw, ", "), fmt::join(round_ratios, ", "));
     if (!f.vsock_cpu.empty() && !f.raw_cpu.empty()) {
       auto ms = [&](const std::vector<CpuCost>& runs, double CpuCost::*part) {
         return CpuMsPerGib(runs, o.bytes, [part](const CpuCost& c) { return c.*part; });
