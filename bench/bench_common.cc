@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 
 #include "base/unix_socket.h"
 #include "tests/integration/harness.h"
@@ -173,9 +172,10 @@ void StopRole(Child& child) {
 }
 
 namespace {
+// Seconds on `clock`; -1 if it cannot be read (a process clock of a process that is gone).
 double ClockSeconds(clockid_t clock) {
   timespec ts{};
-  ::clock_gettime(clock, &ts);
+  if (::clock_gettime(clock, &ts) != 0) return -1;
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 }  // namespace
@@ -187,9 +187,13 @@ Result<double> ProcessCpuSeconds(pid_t pid) {
   if (int e = ::clock_getcpuclockid(pid, &clock); e != 0) {
     return MakeError(e, "CPU clock of process {}", pid);
   }
-  timespec ts{};
-  if (::clock_gettime(clock, &ts) != 0) return ErrnoError("CPU clock of process {}", pid);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  double s = ClockSeconds(clock);
+  if (s < 0) return ErrnoError("CPU clock of process {}", pid);
+  return s;
+}
+
+bool ParseSinkReport(const std::string& report, ThroughputResult* r) {
+  return std::sscanf(report.c_str(), "%lu %lf %lf", &r->bytes, &r->seconds, &r->cpu.reader) == 3;
 }
 
 Result<ThroughputResult> SinkUntilEof(int fd) {
@@ -276,7 +280,7 @@ Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size) {
   ::rmdir(dir);
   if (!out.ok()) return out.take_error();
   ThroughputResult r;
-  if (std::sscanf(out->c_str(), "%lu %lf %lf", &r.bytes, &r.seconds, &r.cpu.reader) != 3) {
+  if (!ParseSinkReport(*out, &r)) {
     return MakeError(EIO, "bad sink output '{}'", *out);
   }
   r.cpu.writer = writer_cpu;
@@ -338,6 +342,14 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
     std::fprintf(stderr, "role %s: %s\n", role.c_str(), e.ToString().c_str());
     return 1;
   };
+  // Sinks `fd` to EOF and reports "bytes seconds cpu_seconds" (this process's CPU for it).
+  auto sink = [&](int fd) {
+    const double cpu0 = ProcessCpuSeconds();
+    auto r = SinkUntilEof(fd);
+    if (!r.ok()) return fail(r.error());
+    std::printf("%lu %.9f %.9f\n", r->bytes, r->seconds, ProcessCpuSeconds() - cpu0);
+    return 0;
+  };
   if (role == "raw-sink" || role == "raw-echo") {
     auto fd = ConnectUnix(target);
     if (!fd.ok()) return fail(fd.error());
@@ -345,11 +357,7 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
       auto s = EchoUntilEof(fd->get());
       return s.ok() ? 0 : fail(s.error());
     }
-    const double cpu0 = ProcessCpuSeconds();
-    auto r = SinkUntilEof(fd->get());
-    if (!r.ok()) return fail(r.error());
-    std::printf("%lu %.9f %.9f\n", r->bytes, r->seconds, ProcessCpuSeconds() - cpu0);
-    return 0;
+    return sink(fd->get());
   }
   if (role == "host-sink" || role == "host-echo" || role == "acceptor") {
     // Serves `target` (vsockd's <uds-path>_<port>, or a raw path): sink/echo one connection,
@@ -370,11 +378,7 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
       auto s = EchoUntilEof(c.get());
       return s.ok() ? 0 : fail(s.error());
     }
-    const double cpu0 = ProcessCpuSeconds();
-    auto r = SinkUntilEof(c.get());
-    if (!r.ok()) return fail(r.error());
-    std::printf("%lu %.9f %.9f\n", r->bytes, r->seconds, ProcessCpuSeconds() - cpu0);
-    return 0;
+    return sink(c.get());
   }
   if (role == "host-source") {
     // Connects to a guest port through vsockd's hybrid socket and sends `total` bytes.

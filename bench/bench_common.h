@@ -38,6 +38,10 @@ struct ThroughputResult {
   double gbps() const { return seconds > 0 ? bytes * 8.0 / seconds / 1e9 : 0; }
 };
 
+// Reads a sink role's report ("bytes seconds cpu_seconds") into r's bytes, seconds and
+// cpu.reader; false if it is not one.
+bool ParseSinkReport(const std::string& report, ThroughputResult* r);
+
 // CPU seconds used so far by the calling thread, by this process, and by process `pid`.
 double ThreadCpuSeconds();
 double ProcessCpuSeconds();

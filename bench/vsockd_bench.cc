@@ -151,8 +151,7 @@ class VsockRig {
     if (!st.ok()) return st.take_error();
     if (!out.ok()) return out.take_error();
     ThroughputResult r;
-    if (std::sscanf(out->c_str(), "%lu %lf %lf", &r.bytes, &r.seconds, &r.cpu.reader) != 3 ||
-        r.bytes != total) {
+    if (!ParseSinkReport(*out, &r) || r.bytes != total) {
       return MakeError(EIO, "host sink reported '{}' (expected {} bytes)", *out, total);
     }
     auto end = MarkCpu();
@@ -452,14 +451,22 @@ struct Figure {
   std::vector<CpuCost> vsock_cpu, raw_cpu;
 };
 
-// Milliseconds of CPU per GiB moved, the median over runs of one part of CpuCost.
-template <typename Part>
-double CpuMsPerGib(const std::vector<CpuCost>& runs, uint64_t bytes, Part part) {
-  std::vector<double> v;
-  v.reserve(runs.size());
-  for (const CpuCost& c : runs)
-    v.push_back(part(c) * 1e3 * static_cast<double>(1ull << 30) / static_cast<double>(bytes));
-  return Median(v);
+// Milliseconds of CPU per GiB moved: the median over runs of each part of CpuCost.
+struct CpuMs {
+  double writer = 0, device = 0, reader = 0, total = 0;
+};
+CpuMs CpuMsPerGib(const std::vector<CpuCost>& runs, uint64_t bytes) {
+  const double per_gib = 1e3 * static_cast<double>(1ull << 30) / static_cast<double>(bytes);
+  auto median = [&](auto part) {
+    std::vector<double> v;
+    v.reserve(runs.size());
+    for (const CpuCost& c : runs) v.push_back(part(c) * per_gib);
+    return Median(std::move(v));
+  };
+  return CpuMs{median([](const CpuCost& c) { return c.writer; }),
+               median([](const CpuCost& c) { return c.device; }),
+               median([](const CpuCost& c) { return c.reader; }),
+               median([](const CpuCost& c) { return c.total(); })};
 }
 
 template <typename T>
@@ -622,9 +629,9 @@ int RunBench(const Options& o) {
       auto [lo, hi] = std::minmax_element(round_ratios.begin(), round_ratios.end());
       range = fmt::format("{:.2f}-{:.2f}", *lo, *hi);
     }
-    std::printf("| %-46s | %8.2f %-3s | %8.2f %-3s | %6.2fx | %13s |\n", f.name.c_str(), v,
-                f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), r,
-                f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s"), ratio, range.c_str());
+    const char* unit = f.unit == "Gbit/s" ? "Gb" : (f.unit == "us" ? "us" : "/s");
+    std::printf("| %-46s | %8.2f %-3s | %8.2f %-3s | %6.2fx | %13s |\n", f.name.c_str(), v, unit, r,
+                unit, ratio, range.c_str());
     if (!first) json += ",\n";
     first = false;
     json += fmt::format(
@@ -634,27 +641,20 @@ int RunBench(const Options& o) {
         f.name, f.unit, v, r, ratio, f.lower_is_better, fmt::join(f.vsock, ", "),
         fmt::join(f.raw, ", "), fmt::join(round_ratios, ", "));
     if (!f.vsock_cpu.empty() && !f.raw_cpu.empty()) {
-      auto ms = [&](const std::vector<CpuCost>& runs, double CpuCost::*part) {
-        return CpuMsPerGib(runs, o.bytes, [part](const CpuCost& c) { return c.*part; });
-      };
-      auto total = [&](const std::vector<CpuCost>& runs) {
-        return CpuMsPerGib(runs, o.bytes, [](const CpuCost& c) { return c.total(); });
-      };
-      const double vt = total(f.vsock_cpu), rt = total(f.raw_cpu);
+      const CpuMs v_ms = CpuMsPerGib(f.vsock_cpu, o.bytes);
+      const CpuMs r_ms = CpuMsPerGib(f.raw_cpu, o.bytes);
+      const double cpu_ratio = r_ms.total > 0 ? v_ms.total / r_ms.total : 0;
       json += fmt::format(
           ", \"cpu_ms_per_gib\": {{\"vsockd\": {{\"writer\": {:.2f}, \"vsockd\": {:.2f}, "
           "\"reader\": {:.2f}, \"total\": {:.2f}}}, \"raw_af_unix\": {{\"writer\": {:.2f}, "
           "\"reader\": {:.2f}, \"total\": {:.2f}}}, \"ratio\": {:.4f}}}",
-          ms(f.vsock_cpu, &CpuCost::writer), ms(f.vsock_cpu, &CpuCost::device),
-          ms(f.vsock_cpu, &CpuCost::reader), vt, ms(f.raw_cpu, &CpuCost::writer),
-          ms(f.raw_cpu, &CpuCost::reader), rt, rt > 0 ? vt / rt : 0);
+          v_ms.writer, v_ms.device, v_ms.reader, v_ms.total, r_ms.writer, r_ms.reader, r_ms.total,
+          cpu_ratio);
       cpu_rows += fmt::format(
           "| {:<30} | {:6.1f} + {:6.1f} + {:6.1f} = {:6.1f} | {:6.1f} + {:6.1f} = {:6.1f} | "
           "{:5.2f}x |\n",
-          f.name.substr(f.name.find(' ') + 1), ms(f.vsock_cpu, &CpuCost::writer),
-          ms(f.vsock_cpu, &CpuCost::device), ms(f.vsock_cpu, &CpuCost::reader), vt,
-          ms(f.raw_cpu, &CpuCost::writer), ms(f.raw_cpu, &CpuCost::reader), rt,
-          rt > 0 ? vt / rt : 0);
+          f.name.substr(f.name.find(' ') + 1), v_ms.writer, v_ms.device, v_ms.reader, v_ms.total,
+          r_ms.writer, r_ms.reader, r_ms.total, cpu_ratio);
     }
     json += "}";
   }

@@ -6,9 +6,9 @@
 
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
 
 #include "base/fd.h"
+#include "base/unix_socket.h"
 
 namespace vsockd::daemon {
 
@@ -33,22 +33,19 @@ Status SignalReadyFd(int fd) {
 Status NotifySystemd(const std::string& state) {
   const char* path = std::getenv("NOTIFY_SOCKET");
   if (path == nullptr || path[0] == '\0') return OkStatus();
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const size_t len = std::strlen(path);
-  if (len >= sizeof addr.sun_path || (path[0] != '/' && path[0] != '@')) {
+  if (path[0] != '/' && path[0] != '@') {
     return MakeError(EINVAL, "NOTIFY_SOCKET '{}' is not a socket path or @abstract name", path);
   }
-  std::memcpy(addr.sun_path, path, len);
-  if (path[0] == '@') addr.sun_path[0] = '\0';  // abstract namespace
-  socklen_t addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+  sockaddr_un addr;
+  auto addr_len = MakeUnixAddress(path, &addr);  // "@name": abstract, as systemd sets it
+  if (!addr_len.ok()) return MakeError(EINVAL, "NOTIFY_SOCKET: {}", addr_len.error().context);
   Fd s(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!s) return ErrnoError("NOTIFY_SOCKET: socket");
   std::string msg = state + "\nMAINPID=" + std::to_string(::getpid());
   ssize_t n;
   do {
     n = ::sendto(s.get(), msg.data(), msg.size(), MSG_NOSIGNAL,
-                 reinterpret_cast<const sockaddr*>(&addr), addr_len);
+                 reinterpret_cast<const sockaddr*>(&addr), *addr_len);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return ErrnoError("NOTIFY_SOCKET {}: send", path);
   return OkStatus();

@@ -12,21 +12,19 @@
 #include <string>
 
 #include "base/fd.h"
+#include "base/unix_socket.h"
 
 namespace vsockd::daemon {
 namespace {
 
 // A datagram socket bound at `name` ("@..." abstract), as systemd's notify socket.
 Fd BindDgram(const std::string& name) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, name.data(), name.size());
-  if (name[0] == '@') addr.sun_path[0] = '\0';
+  sockaddr_un addr;
+  auto len = MakeUnixAddress(name, &addr);
+  EXPECT_TRUE(len.ok());
   Fd s(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   EXPECT_TRUE(s.valid());
-  EXPECT_EQ(::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr),
-                   static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size())),
-            0)
+  EXPECT_EQ(::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr), len.ok() ? *len : 0), 0)
       << std::strerror(errno);
   return s;
 }

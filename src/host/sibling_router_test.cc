@@ -62,6 +62,17 @@ class FakeSibling : public SiblingConnector {
   Fd stream_fd;
   std::atomic<bool> stored{false};
 
+  // The id CancelConnectToGuest got, once it was called (0: not within ~2 s).
+  uint64_t WaitCancelled() {
+    for (int i = 0; i < 2000 && cancelled_id.load() == 0; ++i) usleep(1000);
+    return cancelled_id.load();
+  }
+  // Whether ConnectToGuestFrom has been called (within ~2 s).
+  bool WaitConnects() {
+    for (int i = 0; i < 2000 && connects.load() == 0; ++i) usleep(1000);
+    return connects.load() != 0;
+  }
+
   bool WaitStored() {
     for (int i = 0; i < 2000 && !stored.load(); ++i) usleep(1000);
     return stored.load();
@@ -80,13 +91,32 @@ class SiblingRouterTest : public ::testing::Test {
     b_thread_.join();
   }
 
+  // CID 3 on loop A and CID 4 on loop B, in one group.
+  void RegisterPair() {
+    ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
+    ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  }
+
+  // Starts a connect from CID 3 port 1000 to CID `to` port 2000 on loop A; its outcome goes
+  // to *result.
+  std::unique_ptr<vsock::PendingConnect> StartConnect(
+      std::optional<Result<vsock::HostStream>>* result, uint64_t to = 4,
+      std::chrono::milliseconds timeout = std::chrono::milliseconds(5000),
+      uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
+    vsock::ConnectionInfo info{3, 1000, to, 2000, type};
+    return router_.Connect(a_loop_.get(), info, timeout,
+                           [result](Result<vsock::HostStream> r) { *result = std::move(r); });
+  }
+  // Runs loop A until *result is set (or ~10 s).
+  void RunAUntil(const std::optional<Result<vsock::HostStream>>& result) {
+    for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+  }
+
   // Connects from CID 3 port 1000 to CID `to` port 2000 on loop A; runs A until done.
   Result<vsock::HostStream> Connect(uint64_t to, uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
     std::optional<Result<vsock::HostStream>> result;
-    vsock::ConnectionInfo info{3, 1000, to, 2000, type};
-    auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
-                              [&](Result<vsock::HostStream> r) { result = std::move(r); });
-    for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+    auto op = StartConnect(&result, to, std::chrono::milliseconds(5000), type);
+    RunAUntil(result);
     if (!result) return MakeError(EINTR, "no answer");
     return std::move(*result);
   }
@@ -113,8 +143,7 @@ TEST_F(SiblingRouterTest, GroupsDecideWhoMayConnect) {
 }
 
 TEST_F(SiblingRouterTest, AcceptedConnectBridgesBothEnds) {
-  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   auto r = Connect(4);
   ASSERT_TRUE(r.ok()) << r.error().ToString();
   EXPECT_EQ(b_.last_peer_cid, 3u);
@@ -160,8 +189,7 @@ std::string RecvRecord(int fd, int* flags) {
 }
 
 TEST_F(SiblingRouterTest, StreamConnectBridgesWithAStreamSocketpair) {
-  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   auto r = Connect(4, vsock::VIRTIO_VSOCK_TYPE_STREAM);
   ASSERT_TRUE(r.ok()) << r.error().ToString();
   EXPECT_EQ(b_.last_type, vsock::VIRTIO_VSOCK_TYPE_STREAM);
@@ -171,8 +199,7 @@ TEST_F(SiblingRouterTest, StreamConnectBridgesWithAStreamSocketpair) {
 }
 
 TEST_F(SiblingRouterTest, SeqpacketConnectKeepsMessageBoundariesBothWays) {
-  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   auto r = Connect(4, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
   ASSERT_TRUE(r.ok()) << r.error().ToString();
   EXPECT_EQ(b_.last_type, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET)
@@ -205,8 +232,7 @@ TEST_F(SiblingRouterTest, SeqpacketConnectKeepsMessageBoundariesBothWays) {
 }
 
 TEST_F(SiblingRouterTest, SeqpacketToAGuestWithoutItIsRefused) {
-  ASSERT_TRUE(router_.Register(3, {"default"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"default"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   b_.seqpacket = false;
   auto r = Connect(4, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
   ASSERT_FALSE(r.ok());
@@ -245,61 +271,47 @@ TEST_F(SiblingRouterTest, RefusalsFailTheConnect) {
 }
 
 TEST_F(SiblingRouterTest, CancelledConnectNeverCallsBack) {
-  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
-  bool called = false;
-  vsock::ConnectionInfo info{3, 1000, 4, 2000};
-  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(50),
-                            [&](Result<vsock::HostStream>) { called = true; });
+  RegisterPair();
+  std::optional<Result<vsock::HostStream>> result;
+  auto op = StartConnect(&result, 4, std::chrono::milliseconds(50));
   op.reset();
   for (int i = 0; i < 20; ++i) a_loop_->RunOnce(10);
-  EXPECT_FALSE(called);
+  EXPECT_FALSE(result.has_value());
 }
 
 TEST_F(SiblingRouterTest, CallerGivingUpCancelsTheTargetsPendingConnect) {
-  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   b_.hold = true;
-  bool called = false;
-  vsock::ConnectionInfo info{3, 1000, 4, 2000};
-  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
-                            [&](Result<vsock::HostStream>) { called = true; });
-  for (int i = 0; i < 2000 && b_.connects.load() == 0; ++i) usleep(1000);
+  std::optional<Result<vsock::HostStream>> result;
+  auto op = StartConnect(&result);
+  ASSERT_TRUE(b_.WaitConnects());
   ASSERT_EQ(b_.connects.load(), 1);
   EXPECT_EQ(b_.cancelled_id.load(), 0u);
   // Guest A reset its connect: B's device must drop the half-open connect it holds.
   op.reset();
-  for (int i = 0; i < 2000 && b_.cancelled_id.load() == 0; ++i) usleep(1000);
-  EXPECT_EQ(b_.cancelled_id.load(), 7u);
+  EXPECT_EQ(b_.WaitCancelled(), 7u);
   for (int i = 0; i < 5; ++i) a_loop_->RunOnce(10);
-  EXPECT_FALSE(called);
+  EXPECT_FALSE(result.has_value());
 }
 
 TEST_F(SiblingRouterTest, CallerTimeoutCancelsTheTargetsPendingConnect) {
-  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   b_.hold = true;
   std::optional<Result<vsock::HostStream>> result;
-  vsock::ConnectionInfo info{3, 1000, 4, 2000};
-  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(50),
-                            [&](Result<vsock::HostStream> r) { result = std::move(r); });
-  for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+  auto op = StartConnect(&result, 4, std::chrono::milliseconds(50));
+  RunAUntil(result);
   ASSERT_TRUE(result);
   ASSERT_FALSE(result->ok());
   EXPECT_EQ(result->error().code, ETIMEDOUT);
   op.reset();  // the device resets guest A and drops the PendingConnect
-  for (int i = 0; i < 2000 && b_.cancelled_id.load() == 0; ++i) usleep(1000);
-  EXPECT_EQ(b_.cancelled_id.load(), 7u);
+  EXPECT_EQ(b_.WaitCancelled(), 7u);
 }
 
 TEST_F(SiblingRouterTest, AnsweredConnectIsNotCancelled) {
-  ASSERT_TRUE(router_.Register(3, {"a"}, a_loop_.get(), &a_).ok());
-  ASSERT_TRUE(router_.Register(4, {"a"}, b_loop_.get(), &b_).ok());
+  RegisterPair();
   std::optional<Result<vsock::HostStream>> result;
-  vsock::ConnectionInfo info{3, 1000, 4, 2000};
-  auto op = router_.Connect(a_loop_.get(), info, std::chrono::milliseconds(5000),
-                            [&](Result<vsock::HostStream> r) { result = std::move(r); });
-  for (int i = 0; i < 1000 && !result; ++i) a_loop_->RunOnce(10);
+  auto op = StartConnect(&result);
+  RunAUntil(result);
   ASSERT_TRUE(result && result->ok());
   op.reset();  // the device drops its PendingConnect once answered
   std::promise<void> drained;

@@ -59,6 +59,7 @@
 #include <vector>
 
 #include "base/log.h"
+#include "base/unix_socket.h"
 #include "virtio/virtio_ring.h"
 #include "vsock/connection.h"
 #include "vsock/packet.h"
@@ -515,14 +516,12 @@ class Device::Impl {
       LOG_WARN("vsock: host stream: {}", st.error().ToString());
       return false;
     }
-    int type = SOCK_STREAM;
-    socklen_t type_len = sizeof type;
-    // Not a socket (a pipe): a byte stream too.
-    bool is_socket = ::getsockopt(stream.fd.get(), SOL_SOCKET, SO_TYPE, &type, &type_len) == 0;
-    if (is_socket) conn->host_records = type != SOCK_STREAM;
+    // Not a socket (a pipe, -1): a byte stream too.
+    const int type = SocketType(stream.fd.get());
+    conn->host_records = type >= 0 && type != SOCK_STREAM;
     if (conn->seqpacket()) {
       // Message boundaries need a message socket on the host side too.
-      if (!is_socket || type != SOCK_SEQPACKET) {
+      if (type != SOCK_SEQPACKET) {
         LOG_WARN("vsock: host side of a SEQPACKET connection is not a SOCK_SEQPACKET socket");
         return false;
       }

@@ -112,15 +112,21 @@ class DeviceTest : public ::testing::Test {
     return guest_->PopRx();
   }
 
+  // Starts a host -> guest connect to guest port 5000 whose callback stores what it got in
+  // *result and attaches no host stream.
+  Result<uint64_t> ConnectToGuestRecording(std::optional<Result<uint32_t>>* result) {
+    return device_->ConnectToGuest(
+        5000, [result](const Result<uint32_t>& r) -> std::optional<HostStream> {
+          *result = r;
+          return std::nullopt;
+        });
+  }
+
   // A host -> guest connect to guest port 5000 that the guest answers with an RST of
   // `rst_type`; what the connect's callback got (nullopt: it was not called).
   std::optional<Result<uint32_t>> ConnectToGuestAnsweredByRst(uint16_t rst_type) {
     std::optional<Result<uint32_t>> result;
-    auto id =
-        device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
-          result = r;
-          return std::nullopt;
-        });
+    auto id = ConnectToGuestRecording(&result);
     EXPECT_TRUE(id.ok());
     auto req = NextRx();
     EXPECT_TRUE(req);
@@ -949,11 +955,7 @@ TEST_F(DeviceTest, ConnectToGuestTimesOut) {
   o.connect_timeout = std::chrono::milliseconds(10);
   Make(o, FakeGuestOptions{});
   std::optional<Result<uint32_t>> result;
-  auto id =
-      device_->ConnectToGuest(5000, [&](const Result<uint32_t>& r) -> std::optional<HostStream> {
-        result = r;
-        return std::nullopt;
-      });
+  auto id = ConnectToGuestRecording(&result);
   ASSERT_TRUE(id.ok());
   ASSERT_TRUE(RunUntil([&] { return result.has_value(); }));
   ASSERT_FALSE(result->ok());

@@ -10,9 +10,7 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "base/unix_socket.h"
 #include "tests/integration/echo_server.h"
@@ -51,6 +49,13 @@ TEST(VsockdCliTest, UnknownFlagAndMissingSocketAreErrors) {
   r = RunCommand(Vsockd() + " --guest-cid 3");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--socket"), std::string::npos) << r.output;
+}
+
+// The next message (or datagram) on `fd`, blocking; "" on EOF, error or timeout.
+std::string RecvMessage(int fd) {
+  char buf[256];
+  ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
 }
 
 // A pipe whose write end a child inherits (no O_CLOEXEC) as `fd`.
@@ -117,12 +122,11 @@ TEST(VsockdCliTest, ReadyFdClosesWithoutTheLineWhenStartFails) {
 TEST(VsockdCliTest, NotifySocketGetsReadyThenStopping) {
   TempDir dir;
   const std::string notify = dir.File("notify");
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  ASSERT_LT(notify.size(), sizeof addr.sun_path);
-  std::memcpy(addr.sun_path, notify.data(), notify.size());
+  sockaddr_un addr;
+  auto addr_len = MakeUnixAddress(notify, &addr);
+  ASSERT_TRUE(addr_len.ok());
   Fd s(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  ASSERT_EQ(::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::bind(s.get(), reinterpret_cast<const sockaddr*>(&addr), *addr_len), 0);
   SetSocketTimeouts(s.get(), 10s);
   ::setenv("NOTIFY_SOCKET", notify.c_str(), 1);
   Subprocess vsockd;
@@ -131,17 +135,15 @@ TEST(VsockdCliTest, NotifySocketGetsReadyThenStopping) {
       dir.File("vsockd.log"));
   ::unsetenv("NOTIFY_SOCKET");
   ASSERT_TRUE(started.ok());
-  char buf[256];
-  ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
-  ASSERT_GT(n, 0) << vsockd.Log();
-  std::string msg(buf, static_cast<size_t>(n));
+  std::string msg = RecvMessage(s.get());
+  ASSERT_FALSE(msg.empty()) << vsockd.Log();
   EXPECT_EQ(msg.rfind("READY=1\nMAINPID=", 0), 0u) << msg;
   EXPECT_NE(msg.find(std::to_string(vsockd.pid())), std::string::npos) << msg;
   EXPECT_TRUE(UnixListening(dir.File("vhost.sock"))) << vsockd.Log();
   ASSERT_EQ(::kill(vsockd.pid(), SIGTERM), 0);
-  n = ::recv(s.get(), buf, sizeof buf, 0);
-  ASSERT_GT(n, 0) << vsockd.Log();
-  EXPECT_EQ(std::string(buf, static_cast<size_t>(n)).rfind("STOPPING=1", 0), 0u);
+  msg = RecvMessage(s.get());
+  ASSERT_FALSE(msg.empty()) << vsockd.Log();
+  EXPECT_EQ(msg.rfind("STOPPING=1", 0), 0u) << msg;
   EXPECT_EQ(vsockd.Wait(10s), 0) << vsockd.Log();
 }
 
@@ -201,16 +203,9 @@ TEST_F(VguestCliTest, ListenAcceptsAHostConnection) {
   }));
   ASSERT_TRUE(WriteAll(fd->get(), "from-host\n", 10).ok());
   ::shutdown(fd->get(), SHUT_WR);
-  std::string got;
-  char buf[256];
-  ssize_t n;
-  while ((n = ::read(fd->get(), buf, sizeof buf)) > 0) got.append(buf, static_cast<size_t>(n));
-  EXPECT_EQ(got, "from-guest\n");
+  EXPECT_EQ(ReadToEof(fd->get()), "from-guest\n");
   ASSERT_TRUE(WaitFor([&] { return !guest.Running(); }, 10s)) << guest.Log();
-  std::ifstream f(out);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  EXPECT_EQ(ss.str(), "from-host\n");
+  EXPECT_EQ(ReadFile(out), "from-host\n");
 }
 
 TEST_F(VguestCliTest, SeqpacketConnectRelaysMessages) {
@@ -225,13 +220,11 @@ TEST_F(VguestCliTest, SeqpacketConnectRelaysMessages) {
   Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
   ASSERT_TRUE(conn.valid()) << guest.Log();
   SetSocketTimeouts(conn.get(), 10s);
-  char buf[64];
-  ssize_t n = ::recv(conn.get(), buf, sizeof buf, 0);
-  ASSERT_EQ(n, 5) << guest.Log();
-  EXPECT_EQ(std::string(buf, 5), "hello");
+  ASSERT_EQ(RecvMessage(conn.get()), "hello") << guest.Log();
   // Two messages back: the guest writes each whole; then the host closes.
   ASSERT_EQ(::send(conn.get(), "one", 3, MSG_NOSIGNAL), 3);
   ASSERT_EQ(::send(conn.get(), "two!", 4, MSG_NOSIGNAL), 4);
+  char buf[64];
   EXPECT_EQ(::recv(conn.get(), buf, sizeof buf, 0), 0) << "stdin EOF: the guest shuts down";
   conn.Reset();
   ASSERT_TRUE(WaitFor([&] { return !guest.Running(); }, 10s)) << guest.Log();
@@ -250,16 +243,11 @@ TEST_F(VguestCliTest, SeqpacketListenAcceptsAHostSeqpacketConnect) {
     if (!c.ok()) return false;
     SetSocketTimeouts(c->get(), 10s);
     if (::send(c->get(), "CONNECT 5100\n", 13, MSG_NOSIGNAL) != 13) return false;
-    char reply[64];
-    ssize_t n = ::recv(c->get(), reply, sizeof reply, 0);
-    if (n < 3 || std::string(reply, 3) != "OK ") return false;
+    if (RecvMessage(c->get()).rfind("OK ", 0) != 0) return false;
     fd = std::move(*c);
     return true;
   })) << guest.Log();
-  char buf[64];
-  ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-  ASSERT_EQ(n, 5) << guest.Log();
-  EXPECT_EQ(std::string(buf, 5), "reply");
+  ASSERT_EQ(RecvMessage(fd.get()), "reply") << guest.Log();
   ASSERT_EQ(::send(fd.get(), "m1", 2, MSG_NOSIGNAL), 2);
   ASSERT_EQ(::send(fd.get(), "m2", 2, MSG_NOSIGNAL), 2);
   ::shutdown(fd.get(), SHUT_WR);
