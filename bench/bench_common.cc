@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "base/unix_socket.h"
 #include "tests/integration/harness.h"
@@ -260,13 +261,14 @@ Result<LatencyResult> PingPong(int fd, size_t size, int count) {
   return Percentiles(std::move(samples));
 }
 
-Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size) {
+Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size, int type) {
   char dir[] = "/tmp/vsockd-bench-XXXXXX";
   if (::mkdtemp(dir) == nullptr) return ErrnoError("mkdtemp");
   std::string path = std::string(dir) + "/raw.sock";
-  auto listener = ListenUnix(path, 16, /*nonblocking=*/false);
+  auto listener = ListenUnix(path, 16, /*nonblocking=*/false, type);
   if (!listener.ok()) return listener.take_error();
-  auto child = SpawnRole("raw-sink", path, 0, total, write_size);
+  auto child = SpawnRole(type == SOCK_SEQPACKET ? "raw-sink-seqpacket" : "raw-sink", path, 0, total,
+                         write_size);
   if (!child.ok()) return child.take_error();
   Fd conn(::accept4(listener->get(), nullptr, nullptr, SOCK_CLOEXEC));
   if (!conn) return ErrnoError("accept");
@@ -335,13 +337,24 @@ Result<double> RawUnixConnectRate(double seconds) {
   return rate;
 }
 
-int RunRole(const std::string& role, const std::string& path, uint32_t port, uint64_t total,
+int RunRole(const std::string& role_arg, const std::string& path, uint32_t port, uint64_t total,
             size_t write_size) {
-  std::string target = port != 0 ? path + "_" + std::to_string(port) : path;
   auto fail = [&](const Error& e) {
-    std::fprintf(stderr, "role %s: %s\n", role.c_str(), e.ToString().c_str());
+    std::fprintf(stderr, "role %s: %s\n", role_arg.c_str(), e.ToString().c_str());
     return 1;
   };
+  // "<role>-seqpacket": the same role on SOCK_SEQPACKET sockets, each write one message; on
+  // vsockd's side that is its ".seqpacket" files (<uds-path>_<port>.seqpacket, and
+  // <uds-path>.seqpacket for host -> guest connects).
+  constexpr std::string_view kSeqSuffix = "-seqpacket";
+  std::string role = role_arg;
+  int type = SOCK_STREAM;
+  if (role.size() > kSeqSuffix.size() && role.ends_with(kSeqSuffix)) {
+    role.resize(role.size() - kSeqSuffix.size());
+    type = SOCK_SEQPACKET;
+  }
+  const std::string vsockd_suffix = type == SOCK_SEQPACKET ? ".seqpacket" : "";
+  std::string target = port != 0 ? path + "_" + std::to_string(port) + vsockd_suffix : path;
   // Sinks `fd` to EOF and reports "bytes seconds cpu_seconds" (this process's CPU for it).
   auto sink = [&](int fd) {
     const double cpu0 = ProcessCpuSeconds();
@@ -351,7 +364,7 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
     return 0;
   };
   if (role == "raw-sink" || role == "raw-echo") {
-    auto fd = ConnectUnix(target);
+    auto fd = ConnectUnix(target, /*nonblocking=*/false, type);
     if (!fd.ok()) return fail(fd.error());
     if (role == "raw-echo") {
       auto s = EchoUntilEof(fd->get());
@@ -362,7 +375,7 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
   if (role == "host-sink" || role == "host-echo" || role == "acceptor") {
     // Serves `target` (vsockd's <uds-path>_<port>, or a raw path): sink/echo one connection,
     // or accept connections answering one byte each until a client sends 'q'.
-    auto listener = ListenUnix(target, 1024, false);
+    auto listener = ListenUnix(target, 1024, false, type);
     if (!listener.ok()) return fail(listener.error());
     if (role == "acceptor") {
       // Accept, answer one byte, close; until the parent stops us with SIGTERM.
@@ -382,13 +395,20 @@ int RunRole(const std::string& role, const std::string& path, uint32_t port, uin
   }
   if (role == "host-source") {
     // Connects to a guest port through vsockd's hybrid socket and sends `total` bytes.
-    auto fd = ConnectUnix(path);
+    auto fd = ConnectUnix(path + vsockd_suffix, /*nonblocking=*/false, type);
     if (!fd.ok()) return fail(fd.error());
     std::string cmd = "CONNECT " + std::to_string(port) + "\n";
     if (auto s = WriteAll(fd->get(), cmd.data(), cmd.size()); !s.ok()) return fail(s.error());
     std::string line;
-    char ch;
-    while (ReadExact(fd->get(), &ch, 1).ok() && ch != '\n') line.push_back(ch);
+    if (type == SOCK_SEQPACKET) {
+      // The answer is one message.
+      char reply[128];
+      ssize_t n = ::recv(fd->get(), reply, sizeof(reply), 0);
+      if (n > 0) line.assign(reply, static_cast<size_t>(n));
+    } else {
+      char ch;
+      while (ReadExact(fd->get(), &ch, 1).ok() && ch != '\n') line.push_back(ch);
+    }
     if (line.rfind("OK", 0) != 0) return fail(MakeError(ECONNREFUSED, "reply '{}'", line));
     const double cpu0 = ProcessCpuSeconds();
     auto s = SourceBytes(fd->get(), total, write_size);

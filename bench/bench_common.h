@@ -6,6 +6,7 @@
 // Threading: each role runs single-threaded in its own process.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -63,8 +64,10 @@ Status EchoUntilEof(int fd);
 Result<LatencyResult> PingPong(int fd, size_t size, int count);
 LatencyResult Percentiles(std::vector<double> samples_us);
 
-// Raw AF_UNIX baselines between this process and a child process.
-Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size);
+// Raw AF_UNIX baselines between this process and a child process. `type` SOCK_SEQPACKET:
+// each write is one message.
+Result<ThroughputResult> RawUnixThroughput(uint64_t total, size_t write_size,
+                                           int type = SOCK_STREAM);
 Result<LatencyResult> RawUnixRoundTrip(size_t size, int count);
 Result<double> RawUnixConnectRate(double seconds);
 
@@ -110,7 +113,8 @@ Result<std::string> FinishRole(Child& child);
 void StopRole(Child& child);
 
 // Child-process roles (run via `vsockd_bench --role ...`), each reporting one line of
-// results on stdout: "bytes seconds" for sinks.
+// results on stdout: "bytes seconds cpu_seconds" for sinks. A role name ending in
+// "-seqpacket" runs on SOCK_SEQPACKET sockets (vsockd's ".seqpacket" files).
 int RunRole(const std::string& role, const std::string& path, uint32_t port, uint64_t total,
             size_t write_size);
 

@@ -17,6 +17,7 @@ for placement in scheduler one-cpu split; do
   "$build/bench/vsockd_bench" "${tiny[@]}" --placement "$placement" --json "$out/$placement.json"
   check_json "$out/$placement.json" ratio
   check_json "$out/$placement.json" cpu_ms_per_gib
+  check_json "$out/$placement.json" "seqpacket host->guest 4 KiB messages"
   grep -q "\"placement\": \"$placement\"" "$out/$placement.json"
 done
 echo "== vsockd_scale_bench --quick (smaller)"

@@ -4,6 +4,8 @@
 // hits both alike):
 //   - stream throughput guest -> host and host -> guest at 4 KiB and 64 KiB writes, timed
 //     by the receiver from its first byte to EOF;
+//   - SEQPACKET throughput both ways in 4 KiB messages (vsockd's .seqpacket sockets on the
+//     host side), against raw AF_UNIX SOCK_SEQPACKET;
 //   - 64-byte round trip p50/p99 (guest -> host echo -> guest);
 //   - connections per second (connect, 1-byte answer, close).
 // Raw AF_UNIX baselines run the same roles between two processes. Prints a table and writes
@@ -105,14 +107,19 @@ class VsockRig {
     return CpuMark{*device, loop_.Call([] { return ThreadCpuSeconds(); })};
   }
 
-  // The guest writes `total` bytes in `write_size` writes to a host sink.
-  Result<ThroughputResult> GuestToHost(uint64_t total, size_t write_size) {
+  // The guest writes `total` bytes in `write_size` writes to a host sink. `type`
+  // VIRTIO_VSOCK_TYPE_SEQPACKET: each write is one message, to vsockd's .seqpacket file.
+  Result<ThroughputResult> GuestToHost(uint64_t total, size_t write_size,
+                                       uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
+    const bool seqpacket = type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET;
     uint32_t port = NextPort();
     auto mark = MarkCpu();
     if (!mark.ok()) return mark.take_error();
-    auto child = SpawnRoleChild("host-sink", daemon_->uds_path(), port, 0, 0);
+    auto child = SpawnRoleChild(seqpacket ? "host-sink-seqpacket" : "host-sink",
+                                daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
+    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port) +
+                         (seqpacket ? ".seqpacket" : ""))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "host sink did not start");
     }
@@ -123,23 +130,38 @@ class VsockRig {
     std::function<void()> pump = [&] {
       while (offset < total) {
         size_t want = static_cast<size_t>(std::min<uint64_t>(write_size, total - offset));
+        if (seqpacket) {
+          // Queued whole; EAGAIN while the previous message is still going out.
+          Status st = stream->WriteMessage(std::span<const uint8_t>(buf.data(), want));
+          if (!st.ok() && st.error().code == EAGAIN) return;
+          if (!st.ok()) {
+            sent.set_value(st);
+            return;
+          }
+          offset += want;
+          continue;
+        }
         size_t n = stream->Write(buf.data(), want);
         offset += n;
         if (n < want) return;
       }
+      if (seqpacket && stream->message_backlog() > 0) return;  // on_writable: the last one out
       stream->Shutdown(false, true);
       sent.set_value(OkStatus());
     };
     loop_.Call([&] {
-      guest_->Connect(port, [&](vguest::Stream* s, const Status& st) {
-        if (!st.ok()) {
-          sent.set_value(st);
-          return;
-        }
-        stream = s;
-        s->on_writable = pump;
-        pump();
-      });
+      guest_->Connect(
+          port,
+          [&](vguest::Stream* s, const Status& st) {
+            if (!st.ok()) {
+              sent.set_value(st);
+              return;
+            }
+            stream = s;
+            s->on_writable = pump;
+            pump();
+          },
+          vsock::VMADDR_CID_HOST, type);
       return 0;
     });
     Status st = sent.get_future().get();
@@ -162,8 +184,11 @@ class VsockRig {
   }
 
   // A host program connects through the hybrid socket and writes `total` bytes; the guest
-  // sinks them.
-  Result<ThroughputResult> HostToGuest(uint64_t total, size_t write_size) {
+  // sinks them (`type` VIRTIO_VSOCK_TYPE_SEQPACKET: as messages, through vsockd's .seqpacket
+  // socket).
+  Result<ThroughputResult> HostToGuest(uint64_t total, size_t write_size,
+                                       uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
+    const bool seqpacket = type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET;
     uint32_t port = NextPort();
     auto mark = MarkCpu();
     if (!mark.ok()) return mark.take_error();
@@ -172,20 +197,29 @@ class VsockRig {
     Clock::time_point first{};
     vguest::Stream* stream = nullptr;
     VSOCKD_RETURN_IF_ERROR(loop_.Call([&] {
-      return guest_->Listen(port, [&](vguest::Stream* s) {
-        stream = s;
-        s->on_data = [&](std::span<const uint8_t> d) {
-          if (r.bytes == 0) first = Clock::now();
-          r.bytes += d.size();
-        };
-        s->on_eof = [&] {
-          r.seconds = std::chrono::duration<double>(Clock::now() - first).count();
-          done.set_value(r);
-          stream->Close();  // last: it destroys this callback
-        };
-      });
+      return guest_->Listen(
+          port,
+          [&](vguest::Stream* s) {
+            stream = s;
+            auto count = [&](std::span<const uint8_t> d) {
+              if (r.bytes == 0) first = Clock::now();
+              r.bytes += d.size();
+            };
+            if (seqpacket) {
+              s->on_message = [count](std::span<const uint8_t> m, uint32_t) { count(m); };
+            } else {
+              s->on_data = count;
+            }
+            s->on_eof = [&] {
+              r.seconds = std::chrono::duration<double>(Clock::now() - first).count();
+              done.set_value(r);
+              stream->Close();  // last: it destroys this callback
+            };
+          },
+          type);
     }));
-    auto child = SpawnRoleChild("host-source", daemon_->uds_path(), port, total, write_size);
+    auto child = SpawnRoleChild(seqpacket ? "host-source-seqpacket" : "host-source",
+                                daemon_->uds_path(), port, total, write_size);
     if (!child.ok()) return child.take_error();
     auto f = done.get_future();
     if (f.wait_for(300s) != std::future_status::ready) {
@@ -499,11 +533,27 @@ int RunBench(const Options& o) {
     std::fprintf(stderr, "cannot start vsockd + vguest: %s\n", st.error().ToString().c_str());
     return 1;
   }
+  // Figure indices: the stream throughput figures first (guest->host then host->guest, 4 KiB
+  // then 64 KiB: the loop below relies on that order).
+  enum : size_t {
+    kSeqG2h = 4,
+    kSeqH2g,
+    kRttP50,
+    kRttP99,
+    kConnRate,
+    kPerfG2h,
+    kPerfH2g,
+    kVmG2h,
+    kVmH2g,
+    kVmRtt,
+  };
   std::vector<Figure> figs = {
       {"throughput guest->host 4 KiB writes", "Gbit/s", false, {}, {}},
       {"throughput guest->host 64 KiB writes", "Gbit/s", false, {}, {}},
       {"throughput host->guest 4 KiB writes", "Gbit/s", false, {}, {}},
       {"throughput host->guest 64 KiB writes", "Gbit/s", false, {}, {}},
+      {"seqpacket guest->host 4 KiB messages", "Gbit/s", false, {}, {}},
+      {"seqpacket host->guest 4 KiB messages", "Gbit/s", false, {}, {}},
       {"round trip 64 B p50", "us", true, {}, {}},
       {"round trip 64 B p99", "us", true, {}, {}},
       {"connections per second", "conn/s", false, {}, {}},
@@ -515,14 +565,14 @@ int RunBench(const Options& o) {
   };
   auto wanted = [&](size_t i) { return figs[i].name.find(o.only) != std::string::npos; };
   VsockperfRig perf;
-  if (wanted(7) || wanted(8)) {
+  if (wanted(kPerfG2h) || wanted(kPerfH2g)) {
     if (auto st = perf.Start(extra); !st.ok()) {
       std::fprintf(stderr, "cannot start vsockd + vsockperf: %s\n", st.error().ToString().c_str());
       return 1;
     }
   }
   VmRig vm;
-  bool vm_rows = !o.vm_image.empty() && (wanted(9) || wanted(10) || wanted(11));
+  bool vm_rows = !o.vm_image.empty() && (wanted(kVmG2h) || wanted(kVmH2g) || wanted(kVmRtt));
   if (vm_rows) {
     std::fprintf(stderr, "booting the test guest for the real-guest rows\n");
     if (auto st = vm.Start(o.vm_image, extra); !st.ok()) {
@@ -555,25 +605,41 @@ int RunBench(const Options& o) {
         figs[2 + i].vsock_cpu.push_back(v.cpu);
       }
     }
-    if (wanted(4) || wanted(5)) {
+    if (wanted(kSeqG2h) || wanted(kSeqH2g)) {
+      ThroughputResult raw =
+          Must(RawUnixThroughput(o.bytes, 4096, SOCK_SEQPACKET), "raw seqpacket throughput");
+      for (size_t i : {kSeqG2h, kSeqH2g}) {
+        if (!wanted(i)) continue;
+        figs[i].raw.push_back(raw.gbps());
+        figs[i].raw_cpu.push_back(raw.cpu);
+        ThroughputResult v =
+            i == kSeqG2h ? Must(rig.GuestToHost(o.bytes, 4096, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET),
+                                "seqpacket guest->host")
+                         : Must(rig.HostToGuest(o.bytes, 4096, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET),
+                                "seqpacket host->guest");
+        figs[i].vsock.push_back(v.gbps());
+        figs[i].vsock_cpu.push_back(v.cpu);
+      }
+    }
+    if (wanted(kRttP50) || wanted(kRttP99)) {
       auto raw_rtt = Must(RawUnixRoundTrip(64, o.rtt_count), "raw round trip");
       auto rtt = Must(rig.RoundTrip(64, o.rtt_count), "round trip");
-      figs[4].raw.push_back(raw_rtt.p50_us);
-      figs[4].vsock.push_back(rtt.p50_us);
-      figs[5].raw.push_back(raw_rtt.p99_us);
-      figs[5].vsock.push_back(rtt.p99_us);
+      figs[kRttP50].raw.push_back(raw_rtt.p50_us);
+      figs[kRttP50].vsock.push_back(rtt.p50_us);
+      figs[kRttP99].raw.push_back(raw_rtt.p99_us);
+      figs[kRttP99].vsock.push_back(rtt.p99_us);
     }
-    if (wanted(6)) {
-      figs[6].raw.push_back(Must(RawUnixConnectRate(o.conn_seconds), "raw connect rate"));
-      figs[6].vsock.push_back(Must(rig.ConnectRate(o.conn_seconds), "connect rate"));
+    if (wanted(kConnRate)) {
+      figs[kConnRate].raw.push_back(Must(RawUnixConnectRate(o.conn_seconds), "raw connect rate"));
+      figs[kConnRate].vsock.push_back(Must(rig.ConnectRate(o.conn_seconds), "connect rate"));
     }
-    if (wanted(7) || wanted(8)) {
+    if (wanted(kPerfG2h) || wanted(kPerfH2g)) {
       if (raw64 < 0) raw64 = Must(RawUnixThroughput(o.bytes, 65536), "raw throughput").gbps();
-      for (int i = 7; i <= 8; ++i) {
+      for (size_t i : {kPerfG2h, kPerfH2g}) {
         if (!wanted(i)) continue;
         figs[i].raw.push_back(raw64);
         figs[i].vsock.push_back(
-            Must(perf.Run(/*reverse=*/i == 8, o.bytes, 65536), "vsockperf").gbps());
+            Must(perf.Run(/*reverse=*/i == kPerfH2g, o.bytes, 65536), "vsockperf").gbps());
       }
     }
     if (vm_rows) {
@@ -581,15 +647,16 @@ int RunBench(const Options& o) {
       double raw_vm = raw64 >= 0 && vm_bytes == o.bytes
                           ? raw64
                           : Must(RawUnixThroughput(vm_bytes, 65536), "raw throughput").gbps();
-      for (int i = 9; i <= 10; ++i) {
+      for (size_t i : {kVmG2h, kVmH2g}) {
         if (!wanted(i)) continue;
         figs[i].raw.push_back(raw_vm);
         figs[i].vsock.push_back(
-            Must(vm.Throughput(/*reverse=*/i == 10, vm_bytes, 65536), "real guest").gbps());
+            Must(vm.Throughput(/*reverse=*/i == kVmH2g, vm_bytes, 65536), "real guest").gbps());
       }
-      if (wanted(11)) {
-        figs[11].raw.push_back(Must(RawUnixRoundTrip(64, o.rtt_count), "raw round trip").p50_us);
-        figs[11].vsock.push_back(Must(vm.RoundTripP50(2000), "real guest round trip"));
+      if (wanted(kVmRtt)) {
+        figs[kVmRtt].raw.push_back(
+            Must(RawUnixRoundTrip(64, o.rtt_count), "raw round trip").p50_us);
+        figs[kVmRtt].vsock.push_back(Must(vm.RoundTripP50(2000), "real guest round trip"));
       }
     }
   }
@@ -651,10 +718,10 @@ int RunBench(const Options& o) {
           v_ms.writer, v_ms.device, v_ms.reader, v_ms.total, r_ms.writer, r_ms.reader, r_ms.total,
           cpu_ratio);
       cpu_rows += fmt::format(
-          "| {:<30} | {:6.1f} + {:6.1f} + {:6.1f} = {:6.1f} | {:6.1f} + {:6.1f} = {:6.1f} | "
+          "| {:<36} | {:6.1f} + {:6.1f} + {:6.1f} = {:6.1f} | {:6.1f} + {:6.1f} = {:6.1f} | "
           "{:5.2f}x |\n",
-          f.name.substr(f.name.find(' ') + 1), v_ms.writer, v_ms.device, v_ms.reader, v_ms.total,
-          r_ms.writer, r_ms.reader, r_ms.total, cpu_ratio);
+          f.name.starts_with("throughput ") ? f.name.substr(11) : f.name, v_ms.writer, v_ms.device,
+          v_ms.reader, v_ms.total, r_ms.writer, r_ms.reader, r_ms.total, cpu_ratio);
     }
     json += "}";
   }
@@ -662,9 +729,9 @@ int RunBench(const Options& o) {
     std::printf(
         "\nCPU time per GiB moved, ms (the same transfers; per-thread CPU clocks, so free of "
         "wakeup\nlatency; lower is better, ratio = vsockd path / raw)\n");
-    std::printf("| %-30s | %-33s | %-24s | %6s |\n", "transfer", "vsockd: writer + vsockd + reader",
+    std::printf("| %-36s | %-33s | %-24s | %6s |\n", "transfer", "vsockd: writer + vsockd + reader",
                 "raw: writer + reader", "ratio");
-    std::printf("|%s|%s|%s|%s|\n", std::string(32, '-').c_str(), std::string(35, '-').c_str(),
+    std::printf("|%s|%s|%s|%s|\n", std::string(38, '-').c_str(), std::string(35, '-').c_str(),
                 std::string(26, '-').c_str(), std::string(8, '-').c_str());
     std::printf("%s", cpu_rows.c_str());
   }

@@ -264,19 +264,25 @@ class Connection {
   bool rx_streaming = false;  // the last host read filled every rx buffer it was given
 
   // --- SEQPACKET (see device.cc, "SEQPACKET") ------------------------------------------
-  // Guest -> host: `buffer` holds the complete messages listed here, oldest first, then
-  // `partial_bytes` of the message being assembled (its fragments so far, before EOM).
+  // Guest -> host: the complete messages, oldest first, then `partial_bytes` of the message
+  // being assembled (its fragments so far, before EOM). A message is either copied into
+  // `buffer` or, while the tx batch that carried all of it is being handled, "direct": its
+  // bytes are pending_iov entries (guest memory). Copied messages come first, in buffer order.
   struct GuestMessage {
     uint32_t len = 0;
-    bool eor = false;  // the guest's last fragment carried VIRTIO_VSOCK_SEQ_EOR
+    bool eor = false;     // the guest's last fragment carried VIRTIO_VSOCK_SEQ_EOR
+    bool direct = false;  // in pending_iov, not buffer
   };
   std::deque<GuestMessage> messages;
   uint32_t partial_bytes = 0;
+  bool partial_direct = false;   // the message being assembled is in pending_iov ...
+  size_t partial_iov_begin = 0;  // ... from this entry
   // Host -> guest: the message read from the host socket and not sent in full yet; bytes
   // [out_msg_off, size) are still to go, the packet carrying the last one gets EOM.
   std::vector<uint8_t> out_msg;
   size_t out_msg_off = 0;
-  bool out_msg_eor = false;  // out_msg's last packet also gets VIRTIO_VSOCK_SEQ_EOR
+  bool out_msg_eor = false;      // out_msg's last packet also gets VIRTIO_VSOCK_SEQ_EOR
+  size_t last_host_msg_len = 0;  // the previous host message's size: rx buffers to pop next
   // HostStream::message_flags: host records carry a trailing flags byte (both ways).
   bool host_msg_flags = false;
 

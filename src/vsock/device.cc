@@ -16,24 +16,27 @@
 //   A message is a run of RW packets of one connection; the packet carrying its last byte has
 //   VIRTIO_VSOCK_SEQ_EOM, and also VIRTIO_VSOCK_SEQ_EOR when the sender passed MSG_EOR.
 //   Credit is counted in bytes exactly as for streams.
-//   guest -> host: fragments are copied into the connection's buffer (no zero-copy: the
-//     message must reach the host in one sendmsg, and its fragments arrive in different
-//     batches); on EOM the whole message goes to the host SOCK_SEQPACKET socket in one
-//     sendmsg (EOR cannot be passed on: AF_UNIX has no MSG_EOR,
-//     so what the host sees is the boundary, not the EOR bit). Linux's sender refuses a
-//     message larger than our buf_alloc (EMSGSIZE) and sends fragments only as credit
-//     allows, so a message always fits our buffer; a guest that exceeds credit is reset as
-//     for streams. The host socket's SO_SNDBUF is raised so that a buf_alloc-sized message
-//     fits; if sendmsg still says EMSGSIZE the connection is reset. A partial message left
-//     when the guest sends SHUTDOWN(SEND) can never complete: it is dropped.
-//   host -> guest: the next message's size is peeked (MSG_PEEK | MSG_TRUNC), the message is
-//     read whole into out_msg and sent as RW fragments (one per rx buffer, as credit allows,
-//     Linux's sender does the same), EOM on the last, never EOR (AF_UNIX recvmsg never
+//   guest -> host: a message whose fragments all arrive in one tx batch goes to the host
+//     socket straight from guest memory; one begun in an earlier batch was copied into the
+//     connection's buffer (its chains went back with that batch), and so are its later
+//     fragments. At the end of each batch the complete messages go out in sendmmsg batches, one
+//     record each (EOR cannot be passed on: AF_UNIX has no MSG_EOR, so what the host sees
+//     is the boundary, not the EOR bit); whatever the host does not take then (and the
+//     unfinished message) is copied into the buffer before the chains are returned. Linux's
+//     sender refuses a message larger than our buf_alloc (EMSGSIZE) and sends fragments only
+//     as credit allows, so a message always fits our buffer; a guest that exceeds credit is
+//     reset as for streams. The host socket's SO_SNDBUF is raised so that a buf_alloc-sized
+//     message fits; if sendmsg still says EMSGSIZE the connection is reset. A partial message
+//     left when the guest sends SHUTDOWN(SEND) can never complete: it is dropped.
+//   host -> guest: one recvmsg per message, straight into rx buffers popped for it (as many
+//     as the connection's previous message needed, within credit), then a scratch area for
+//     the rest, which waits in out_msg; sent as RW fragments (one per rx buffer, as credit
+//     allows, as Linux's sender does), EOM on the last, never EOR (AF_UNIX recvmsg never
 //     reports MSG_EOR). A message larger than min(the guest's buf_alloc, our buf_alloc)
 //     cannot be delivered (a Linux receiver only hands out complete messages, so it would
 //     wait forever for credit): the connection is reset (RST to the guest, host socket
-//     closed). A truncated read cannot happen (the buffer is the peeked size); if it did, the
-//     connection is reset too. Empty host messages are dropped (vsock has none).
+//     closed); MSG_TRUNC gives its real size. Empty host messages are dropped (vsock has
+//     none).
 //   EOR between two guests (HostStream::message_flags, the sibling bridge): each record on
 //     the host socket is the message plus one trailing byte of its VIRTIO_VSOCK_SEQ_* flags,
 //     both ways, so guest B sees guest A's EOR (Linux 6.1 reports it as MSG_EOR; vsock_test
@@ -83,6 +86,8 @@ constexpr uint32_t kHostPortEnd = 1u << 31;
 constexpr uint32_t kTurnBytes = 256 * 1024;
 constexpr size_t kTurnChains = 64;
 constexpr size_t kMaxIov = IOV_MAX;
+// Guest -> host SEQPACKET messages per sendmmsg.
+constexpr size_t kMaxMessageBatch = 64;
 // How long the host peer of a vanished guest gets to read the bytes we still hold for it.
 constexpr std::chrono::seconds kLingerTimeout{10};
 
@@ -117,6 +122,15 @@ size_t CopyToIov(const std::vector<iovec>& iov, size_t offset, const uint8_t* in
     offset = 0;
   }
   return done;
+}
+
+// The byte at `offset` of the stream (offset < its total length).
+uint8_t ByteAt(const std::vector<iovec>& iov, size_t offset) {
+  for (const iovec& v : iov) {
+    if (offset < v.iov_len) return static_cast<const uint8_t*>(v.iov_base)[offset];
+    offset -= v.iov_len;
+  }
+  return 0;
 }
 
 // Appends iovecs covering [offset, offset + n) of the stream, at most max_entries of them.
@@ -436,6 +450,7 @@ class Device::Impl {
     conn->in_flush_list = false;
     conn->messages.clear();
     conn->partial_bytes = 0;
+    conn->partial_direct = false;
     conn->out_msg.clear();
     conn->out_msg.shrink_to_fit();
     conn->out_msg_off = 0;
@@ -932,17 +947,35 @@ class Device::Impl {
     conn->OnReceivedFromGuest(h.len);
     stats_.tx_bytes += h.len;
     if (conn->seqpacket()) {
-      // Copied: the message goes to the host in one sendmsg once its EOM arrives, and its
-      // fragments' chains are returned batch by batch.
-      seq_slices_.clear();
-      SliceIov(chain.readable, kHeaderSize, h.len, &seq_slices_, SIZE_MAX);
-      for (const iovec& v : seq_slices_) conn->buffer.Append(v.iov_base, v.iov_len);
-      stats_.buffered_bytes += h.len;
+      // A message begun in this batch stays in guest memory (pending_iov) until the batch's
+      // flush; one begun in an earlier batch was copied, and so are its later fragments.
+      if (conn->partial_bytes == 0) {
+        conn->partial_direct = true;
+        conn->partial_iov_begin = conn->pending_iov.size();
+      }
+      if (conn->partial_direct &&
+          conn->pending_iov.size() - conn->partial_iov_begin + chain.readable.size() >= kMaxIov) {
+        // A message in more pieces than one sendmsg takes (a guest's choice, not Linux's):
+        // copy what this batch holds so far, in order, and this message's rest with it.
+        BufferDirectMessages(conn, 0);
+      }
+      if (conn->partial_direct) {
+        SliceIov(chain.readable, kHeaderSize, h.len, &conn->pending_iov, SIZE_MAX);
+      } else {
+        seq_slices_.clear();
+        SliceIov(chain.readable, kHeaderSize, h.len, &seq_slices_, SIZE_MAX);
+        for (const iovec& v : seq_slices_) conn->buffer.Append(v.iov_base, v.iov_len);
+        stats_.buffered_bytes += h.len;
+      }
       conn->partial_bytes += h.len;
-      if ((h.flags & VIRTIO_VSOCK_SEQ_EOM) == 0) return true;
-      conn->messages.push_back(
-          Connection::GuestMessage{conn->partial_bytes, (h.flags & VIRTIO_VSOCK_SEQ_EOR) != 0});
-      conn->partial_bytes = 0;
+      if ((h.flags & VIRTIO_VSOCK_SEQ_EOM) != 0) {
+        conn->messages.push_back(Connection::GuestMessage{
+            conn->partial_bytes, (h.flags & VIRTIO_VSOCK_SEQ_EOR) != 0, conn->partial_direct});
+        conn->partial_bytes = 0;
+        conn->partial_direct = false;
+      }
+      // Flushed at the end of the batch even without a complete message: a direct part must
+      // be copied before the chains go back.
     } else {
       size_t got = SliceIov(chain.readable, kHeaderSize, h.len, &conn->pending_iov, SIZE_MAX);
       conn->pending_bytes += got;
@@ -1034,47 +1067,99 @@ class Device::Impl {
     return MaybeFinishGuestSend(conn);
   }
 
-  // Seqpacket: one sendmsg per complete message (all or nothing on AF_UNIX SOCK_SEQPACKET).
-  // Returns false if the connection was freed.
+  // Seqpacket: complete messages go to the host in sendmmsg batches, each message one record
+  // (all or nothing on AF_UNIX SOCK_SEQPACKET). A message is sent from the connection's buffer
+  // if it was copied there, else straight from guest memory (pending_iov: every fragment in
+  // this tx batch). What is left when the host stops taking them is copied into the buffer
+  // before the batch's chains go back. Returns false if the connection was freed.
   bool FlushMessagesToHost(Connection* conn) {
     uint32_t written = 0;
+    size_t iov_done = 0;  // pending_iov entries of the direct messages sent
     while (!conn->messages.empty() && conn->host_writable && conn->host_fd.valid()) {
-      const Connection::GuestMessage m = conn->messages.front();
-      // With host_msg_flags the record ends with the message's flags byte.
-      uint8_t trailer =
-          static_cast<uint8_t>(VIRTIO_VSOCK_SEQ_EOM | (m.eor ? VIRTIO_VSOCK_SEQ_EOR : 0));
-      iovec v[2] = {{const_cast<uint8_t*>(conn->buffer.data()), m.len}, {&trailer, 1}};
-      const size_t record = m.len + (conn->host_msg_flags ? 1 : 0);
-      msghdr msg{};
-      msg.msg_iov = v;
-      msg.msg_iovlen = conn->host_msg_flags ? 2 : 1;
+      const size_t count = std::min(conn->messages.size(), kMaxMessageBatch);
+      mmsg_.assign(count, mmsghdr{});
+      mmsg_iov_.clear();
+      size_t buffer_off = 0;
+      size_t direct_iov = iov_done;
+      for (size_t i = 0; i < count; ++i) {
+        const Connection::GuestMessage& m = conn->messages[i];
+        if (m.direct) {
+          for (size_t left = m.len; left > 0; ++direct_iov) {
+            mmsg_iov_.push_back(conn->pending_iov[direct_iov]);
+            left -= conn->pending_iov[direct_iov].iov_len;
+          }
+        } else {
+          mmsg_iov_.push_back(iovec{const_cast<uint8_t*>(conn->buffer.data()) + buffer_off, m.len});
+          buffer_off += m.len;
+        }
+        // With host_msg_flags the record ends with the message's flags byte.
+        if (conn->host_msg_flags) {
+          mmsg_trailer_[i] =
+              static_cast<uint8_t>(VIRTIO_VSOCK_SEQ_EOM | (m.eor ? VIRTIO_VSOCK_SEQ_EOR : 0));
+          mmsg_iov_.push_back(iovec{&mmsg_trailer_[i], 1});
+        }
+        mmsg_[i].msg_len = static_cast<unsigned>(mmsg_iov_.size());  // end index, for now
+      }
+      for (size_t i = 0, begin = 0; i < count; ++i) {
+        const size_t end = mmsg_[i].msg_len;
+        mmsg_[i].msg_hdr.msg_iov = mmsg_iov_.data() + begin;
+        mmsg_[i].msg_hdr.msg_iovlen = end - begin;
+        mmsg_[i].msg_len = 0;
+        begin = end;
+      }
       // No MSG_EOR: AF_UNIX ignores it (EOR crosses sibling bridges in the trailer byte).
-      int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
-      ssize_t n = ::sendmsg(conn->host_fd.get(), &msg, flags);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      int sent = ::sendmmsg(conn->host_fd.get(), mmsg_.data(), static_cast<unsigned>(count),
+                            MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (sent < 0 && errno == EINTR) continue;
+      if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         conn->host_writable = false;
         break;
       }
-      if (n != static_cast<ssize_t>(record)) {
-        LOG_RATELIMITED(LogLevel::kWarn,
-                        "vsock cid {}: guest port {}: host refused a {}-byte message ({}), "
-                        "resetting",
-                        opts_.guest_cid, conn->info().guest_port, m.len,
-                        n < 0 ? std::strerror(errno) : "short write");
-        FreeConnection(conn, /*send_rst=*/true);
-        return false;
+      // A later message's error is not reported (sendmmsg): the next call starts with it.
+      for (int i = 0; i < std::max(sent, 1); ++i) {
+        const Connection::GuestMessage m = conn->messages.front();
+        const size_t record = m.len + (conn->host_msg_flags ? 1 : 0);
+        if (sent < 0 || mmsg_[i].msg_len != record) {
+          LOG_RATELIMITED(LogLevel::kWarn,
+                          "vsock cid {}: guest port {}: host refused a {}-byte message ({}), "
+                          "resetting",
+                          opts_.guest_cid, conn->info().guest_port, m.len,
+                          sent < 0 ? std::strerror(errno) : "short write");
+          FreeConnection(conn, /*send_rst=*/true);
+          return false;
+        }
+        if (m.direct) {
+          for (size_t left = m.len; left > 0; ++iov_done) {
+            left -= conn->pending_iov[iov_done].iov_len;
+          }
+        } else {
+          conn->buffer.Consume(m.len);
+          stats_.buffered_bytes -= m.len;
+        }
+        conn->messages.pop_front();
+        written += m.len;
       }
-      conn->buffer.Consume(m.len);
-      stats_.buffered_bytes -= m.len;
-      conn->messages.pop_front();
-      written += m.len;
     }
+    BufferDirectMessages(conn, iov_done);
     if (written > 0) {
       conn->OnForwardedToHost(written);
       MaybeCreditUpdate(conn);
     }
     return MaybeFinishGuestSend(conn);
+  }
+
+  // Copies what is still in guest memory (pending_iov from `from`: unsent direct messages,
+  // then the direct part of the message being assembled) into the buffer, in order, so the
+  // chains can go back.
+  void BufferDirectMessages(Connection* conn, size_t from) {
+    for (size_t i = from; i < conn->pending_iov.size(); ++i) {
+      const iovec& v = conn->pending_iov[i];
+      conn->buffer.Append(v.iov_base, v.iov_len);
+      stats_.buffered_bytes += v.iov_len;
+    }
+    conn->pending_iov.clear();
+    for (Connection::GuestMessage& m : conn->messages) m.direct = false;
+    conn->partial_direct = false;
   }
 
   // The guest will send no more: a message without its EOM never completes. Its bytes count
@@ -1083,8 +1168,13 @@ class Device::Impl {
     if (!conn->seqpacket() || conn->partial_bytes == 0) return;
     LOG_DEBUG("vsock cid {}: guest port {}: dropping {} bytes of an unfinished message",
               opts_.guest_cid, conn->info().guest_port, conn->partial_bytes);
-    conn->buffer.DropTail(conn->partial_bytes);
-    stats_.buffered_bytes -= conn->partial_bytes;
+    if (conn->partial_direct) {
+      conn->pending_iov.resize(conn->partial_iov_begin);
+      conn->partial_direct = false;
+    } else {
+      conn->buffer.DropTail(conn->partial_bytes);
+      stats_.buffered_bytes -= conn->partial_bytes;
+    }
     conn->OnForwardedToHost(conn->partial_bytes);
     conn->partial_bytes = 0;
   }
@@ -1194,6 +1284,33 @@ class Device::Impl {
     }
   }
 
+  // Pops the next rx chain for a data packet: writable only, with room for the header and a
+  // payload byte. An unusable chain is returned empty, unless `popped` chains are already
+  // popped and not pushed: then it is un-popped and kEmpty returned (handled first next turn),
+  // so those stay the most recent pops and Unpop stays exact. kBroken: the queue is unusable
+  // (logged once); nothing popped may be touched.
+  PopResult PopDataChain(DescChain* chain, size_t popped) {
+    for (;;) {
+      PopResult r = rxq_->Pop(chain);
+      if (r == PopResult::kEmpty) return r;
+      if (r == PopResult::kBroken) {
+        RxUsable();
+        return r;
+      }
+      if (r == PopResult::kOk && chain->readable_bytes == 0 &&
+          chain->writable_bytes > kHeaderSize) {
+        return PopResult::kOk;
+      }
+      if (popped > 0) {
+        rxq_->Unpop(1);
+        return PopResult::kEmpty;
+      }
+      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
+                      opts_.guest_cid);
+      rxq_->PushUsed(chain->head, 0);
+    }
+  }
+
   void WriteHeader(const DescChain& chain, const PacketHeader& h, uint32_t payload) {
     uint8_t raw[kHeaderSize];
     EncodeHeader(h, raw);
@@ -1271,30 +1388,12 @@ class Device::Impl {
       size_t cap_round = 0;
       while (n < want && cap_total < budget && cap_round < want_bytes) {
         DescChain& ch = rx_pool_[n];
-        PopResult r = rxq_->Pop(&ch);
+        PopResult r = rx_iov_.size() < kMaxIov ? PopDataChain(&ch, n) : PopResult::kEmpty;
         if (r == PopResult::kEmpty) {
           more = false;
           break;
         }
-        if (r == PopResult::kBroken) {
-          RxUsable();
-          return Served::kStarved;  // queue unusable; nothing popped may be touched
-        }
-        bool usable = r == PopResult::kOk && ch.readable_bytes == 0 &&
-                      ch.writable_bytes > kHeaderSize && rx_iov_.size() < kMaxIov;
-        if (!usable) {
-          if (n > 0) {
-            // Keep the popped-but-unpushed chains the most recent pops, so Unpop stays
-            // exact: this one is handled first on the next turn.
-            rxq_->Unpop(1);
-            more = false;
-            break;
-          }
-          LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
-                          opts_.guest_cid);
-          rxq_->PushUsed(ch.head, 0);
-          continue;
-        }
+        if (r == PopResult::kBroken) return Served::kStarved;  // nothing popped may be touched
         size_t cap = std::min<size_t>(
             {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, budget - cap_total});
         cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - rx_iov_.size());
@@ -1383,90 +1482,20 @@ class Device::Impl {
     return Served::kDone;
   }
 
-  // Seqpacket host -> guest: reads the next host message into out_msg when none is pending
-  // (false: nothing to send now, or the connection was freed / hit EOF: see *served).
-  bool ReadHostMessage(Connection* conn, Served* served) {
-    *served = Served::kDone;
-    for (;;) {
-      ssize_t size = ::recv(conn->host_fd.get(), nullptr, 0, MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
-      if (size < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          conn->host_readable = false;
-          return false;
-        }
-        LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
-                  std::strerror(errno));
-        FreeConnection(conn, /*send_rst=*/true);
-        *served = Served::kFreed;
-        return false;
-      }
-      if (size == 0) {
-        // EOF, or an empty message (which vsock cannot carry). Once the peer shut down
-        // (RDHUP) treat it as EOF; before, consume one empty message and look again while
-        // bytes are queued.
-        if (conn->host_rdhup) {
-          OnHostEof(conn);
-          return false;
-        }
-        char dummy;
-        (void)::recv(conn->host_fd.get(), &dummy, 0, MSG_DONTWAIT);
-        int queued = 0;
-        if (::ioctl(conn->host_fd.get(), FIONREAD, &queued) == 0 && queued > 0) continue;
-        conn->host_readable = false;
-        return false;
-      }
-      const uint64_t limit = std::min(conn->peer_buf_alloc(), opts_.buf_alloc);
-      // The flags trailer is not payload (and a record of just a trailer is an empty message:
-      // dropped below).
-      const uint64_t trailer = conn->host_msg_flags ? 1 : 0;
-      if (static_cast<uint64_t>(size) - trailer > limit) {
-        LOG_RATELIMITED(LogLevel::kWarn,
-                        "vsock cid {}: guest port {}: host message of {} bytes exceeds the "
-                        "limit {} (guest buf_alloc {}, ours {}), resetting",
-                        opts_.guest_cid, conn->info().guest_port, size, limit,
-                        conn->peer_buf_alloc(), opts_.buf_alloc);
-        FreeConnection(conn, /*send_rst=*/true);
-        *served = Served::kFreed;
-        return false;
-      }
-      conn->out_msg.resize(static_cast<size_t>(size));
-      conn->out_msg_off = 0;
-      iovec v{conn->out_msg.data(), conn->out_msg.size()};
-      msghdr msg{};
-      msg.msg_iov = &v;
-      msg.msg_iovlen = 1;
-      ssize_t got;
-      do {
-        got = ::recvmsg(conn->host_fd.get(), &msg, MSG_DONTWAIT);
-      } while (got < 0 && errno == EINTR);
-      if (got != size || (msg.msg_flags & MSG_TRUNC) != 0) {
-        LOG_WARN("vsock: guest port {}: host message read failed or truncated ({} of {})",
-                 conn->info().guest_port, got, size);
-        FreeConnection(conn, /*send_rst=*/true);
-        *served = Served::kFreed;
-        return false;
-      }
-      conn->out_msg_eor = false;
-      if (conn->host_msg_flags) {
-        conn->out_msg_eor = (conn->out_msg.back() & VIRTIO_VSOCK_SEQ_EOR) != 0;
-        conn->out_msg.pop_back();
-        if (conn->out_msg.empty()) continue;  // an empty message: vsock cannot carry it
-      }
-      return true;
-    }
-  }
-
-  // Seqpacket host -> guest: sends out_msg (reading host messages as needed) as RW fragments,
-  // one per rx buffer, as credit allows, EOM on the packet with a message's last byte.
+  // Seqpacket host -> guest: sends the rest of out_msg, then reads host messages straight
+  // into rx buffers, as credit, the ring and the turn allow. Each packet carries one message's
+  // bytes; the one with its last byte gets EOM.
   Served SendMessages(Connection* conn) {
     size_t chains = 0;
     size_t bytes = 0;
     while (chains < kTurnChains && bytes < kTurnBytes) {
       if (!conn->out_msg_pending()) {
-        if (!conn->HostReadWanted()) break;
+        if (!conn->HostReadWanted() || conn->PeerFree() == 0) break;
         Served served;
-        if (!ReadHostMessage(conn, &served)) return served;
+        if (!ReadHostMessageToGuest(conn, kTurnChains - chains, &chains, &bytes, &served)) {
+          return served;
+        }
+        continue;
       }
       uint32_t credit = conn->PeerFree();
       if (credit == 0) break;
@@ -1478,13 +1507,8 @@ class Device::Impl {
           {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, static_cast<size_t>(credit), left});
       CopyToIov(ch.writable, kHeaderSize, conn->out_msg.data() + conn->out_msg_off, len);
       conn->out_msg_off += len;
-      bool last = !conn->out_msg_pending();
-      uint32_t n = static_cast<uint32_t>(len);
-      uint32_t flags = 0;
-      if (last) flags = VIRTIO_VSOCK_SEQ_EOM | (conn->out_msg_eor ? VIRTIO_VSOCK_SEQ_EOR : 0);
-      WriteHeader(ch, conn->MakeHeader(VIRTIO_VSOCK_OP_RW, flags, n), n);
-      conn->OnSentToGuest(n);
-      stats_.rx_bytes += n;
+      const bool last = !conn->out_msg_pending();
+      SendMessagePacket(conn, ch, len, last, conn->out_msg_eor);
       ++chains;
       bytes += len;
       if (last) {
@@ -1493,6 +1517,145 @@ class Device::Impl {
       }
     }
     return Served::kDone;
+  }
+
+  void SendMessagePacket(Connection* conn, const DescChain& ch, size_t len, bool last, bool eor) {
+    uint32_t n = static_cast<uint32_t>(len);
+    uint32_t flags = 0;
+    if (last) flags = VIRTIO_VSOCK_SEQ_EOM | (eor ? VIRTIO_VSOCK_SEQ_EOR : 0);
+    WriteHeader(ch, conn->MakeHeader(VIRTIO_VSOCK_OP_RW, flags, n), n);
+    conn->OnSentToGuest(n);
+    stats_.rx_bytes += n;
+  }
+
+  // Seqpacket host -> guest: reads the next host message with one recvmsg whose buffers are
+  // rx buffers popped for it (at most max_chains, within credit), then a scratch area for what
+  // does not fit them, which goes to out_msg and follows as later packets. So a message that
+  // fits the rx buffers and credit costs one syscall and one copy (kernel to guest memory);
+  // the 6.1 driver's receiver reassembles fragments the same way whatever their sizes.
+  // How many buffers to pop: enough for the connection's previous message (at least one), so
+  // small messages walk one chain and a run of equal messages lands whole.
+  // Adds what went out to *chains / *bytes. False: nothing more to send now (*served: kDone
+  // when drained or at EOF, kStarved when no rx buffer is available, kFreed when the
+  // connection was reset).
+  bool ReadHostMessageToGuest(Connection* conn, size_t max_chains, size_t* chains, size_t* bytes,
+                              Served* served) {
+    *served = Served::kDone;
+    const uint64_t limit = std::min(conn->peer_buf_alloc(), opts_.buf_alloc);
+    // The flags trailer is not payload (and a record of just a trailer is an empty message:
+    // dropped below).
+    const size_t trailer = conn->host_msg_flags ? 1 : 0;
+    const size_t credit = conn->PeerFree();
+    const size_t most = std::max<size_t>(1, std::min<size_t>(credit, limit));
+    const size_t want = std::clamp<size_t>(conn->last_host_msg_len, 1, most);
+    for (;;) {
+      size_t n = 0;
+      size_t cap_total = 0;
+      rx_iov_.clear();
+      bool broken = false;
+      while (n < max_chains && cap_total < want && rx_iov_.size() < kMaxIov - 1) {
+        DescChain& ch = rx_pool_[n];
+        PopResult r = PopDataChain(&ch, n);
+        if (r == PopResult::kEmpty) break;
+        if (r == PopResult::kBroken) {
+          broken = true;
+          break;
+        }
+        size_t cap = std::min<size_t>(
+            {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, credit - cap_total});
+        cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - 1 - rx_iov_.size());
+        rx_caps_[n] = cap;
+        cap_total += cap;
+        ++n;
+      }
+      if (n == 0 || broken) {
+        *served = Served::kStarved;  // the message stays in the host socket until buffers come
+        return false;
+      }
+      // Room for the largest message that may be delivered, its trailer, and one byte more so
+      // that a larger one shows up (MSG_TRUNC also reports its real size).
+      const size_t scratch = static_cast<size_t>(limit) + trailer + 1;
+      if (msg_scratch_.size() < scratch) msg_scratch_.resize(scratch);
+      rx_iov_.push_back(iovec{msg_scratch_.data(), scratch});
+      msghdr msg{};
+      msg.msg_iov = rx_iov_.data();
+      msg.msg_iovlen = rx_iov_.size();
+      ssize_t got;
+      do {
+        got = ::recvmsg(conn->host_fd.get(), &msg, MSG_DONTWAIT | MSG_TRUNC);
+      } while (got < 0 && errno == EINTR);
+      if (got <= 0) {
+        rxq_->Unpop(static_cast<uint16_t>(n));
+        if (got < 0) {
+          if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            conn->host_readable = false;
+            return false;
+          }
+          LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
+                    std::strerror(errno));
+          FreeConnection(conn, /*send_rst=*/true);
+          *served = Served::kFreed;
+          return false;
+        }
+        // EOF, or an empty message (which vsock cannot carry). Once the peer shut down
+        // (RDHUP) treat it as EOF; before, the empty message is consumed: look again while
+        // bytes are queued.
+        if (conn->host_rdhup) {
+          OnHostEof(conn);
+          return false;
+        }
+        int queued = 0;
+        if (::ioctl(conn->host_fd.get(), FIONREAD, &queued) == 0 && queued > 0) continue;
+        conn->host_readable = false;
+        return false;
+      }
+      const size_t size = static_cast<size_t>(got);
+      if (size - trailer > limit || (msg.msg_flags & MSG_TRUNC) != 0) {
+        rxq_->Unpop(static_cast<uint16_t>(n));
+        LOG_RATELIMITED(LogLevel::kWarn,
+                        "vsock cid {}: guest port {}: host message of {} bytes exceeds the "
+                        "limit {} (guest buf_alloc {}, ours {}), resetting",
+                        opts_.guest_cid, conn->info().guest_port, size - trailer, limit,
+                        conn->peer_buf_alloc(), opts_.buf_alloc);
+        FreeConnection(conn, /*send_rst=*/true);
+        *served = Served::kFreed;
+        return false;
+      }
+      bool eor = false;
+      if (trailer != 0) {
+        uint8_t flags =
+            size - 1 < cap_total ? ByteAt(rx_iov_, size - 1) : msg_scratch_[size - 1 - cap_total];
+        eor = (flags & VIRTIO_VSOCK_SEQ_EOR) != 0;
+      }
+      const size_t payload = size - trailer;
+      if (payload == 0) {
+        rxq_->Unpop(static_cast<uint16_t>(n));
+        continue;  // a record of just the trailer: an empty message, dropped
+      }
+      conn->last_host_msg_len = payload;
+      const size_t in_rx = std::min(payload, cap_total);
+      const size_t rest = payload - in_rx;
+      if (rest > 0) {
+        conn->out_msg.assign(msg_scratch_.data(), msg_scratch_.data() + rest);
+        conn->out_msg_off = 0;
+        conn->out_msg_eor = eor;
+      }
+      // Buffers that got nothing are the most recent pops: return them first.
+      size_t used = 0;
+      for (size_t left = in_rx; used < n && left > 0; ++used) {
+        left -= std::min(left, rx_caps_[used]);
+      }
+      if (used < n) rxq_->Unpop(static_cast<uint16_t>(n - used));
+      size_t left = in_rx;
+      for (size_t i = 0; i < used; ++i) {
+        size_t len = std::min(left, rx_caps_[i]);
+        left -= len;
+        SendMessagePacket(conn, rx_pool_[i], len, /*last=*/rest == 0 && i + 1 == used, eor);
+      }
+      *chains += used;
+      *bytes += in_rx;
+      return true;
+    }
   }
 
   EventLoop* loop_;
@@ -1534,6 +1697,13 @@ class Device::Impl {
   std::vector<size_t> rx_caps_;
   std::vector<iovec> rx_iov_;
   std::vector<iovec> seq_slices_;  // a SEQPACKET fragment's payload in guest memory
+  // Guest -> host SEQPACKET: one sendmmsg batch (FlushMessagesToHost).
+  std::vector<mmsghdr> mmsg_;
+  std::vector<iovec> mmsg_iov_;
+  uint8_t mmsg_trailer_[kMaxMessageBatch] = {};
+  // Host -> guest SEQPACKET: where a message's bytes beyond its rx buffers land (see
+  // ReadHostMessageToGuest); sized on first use to the largest deliverable message + 2.
+  std::vector<uint8_t> msg_scratch_;
 };
 
 Device::Device(EventLoop* loop, HostBackend* backend, DeviceOptions options)

@@ -25,7 +25,7 @@
 //  - SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET, offered unless DeviceOptions.offer_seqpacket is
 //    false): a guest REQUEST of type SEQPACKET is accepted only when the guest acked the
 //    feature (else RST, type echoed); each guest message (RW fragments up to EOM) reaches the
-//    host SOCK_SEQPACKET socket as one sendmsg, each host recvmsg reaches the guest as one
+//    host SOCK_SEQPACKET socket as one record, each host recvmsg reaches the guest as one
 //    message (RW fragments, EOM on the last). The rules (sizes, truncation, EOR) are in
 //    device.cc's "SEQPACKET" comment;
 //  - coalescing: consecutive RW packets of a connection go to the host in one writev, and

@@ -2,10 +2,12 @@
 //
 // The input is a sequence of records: [ctl:1][header:44][plen:2 LE][payload:plen]. ctl bits:
 // 0 keep the header's src_cid (else force the guest's, so most packets pass anti-spoofing),
-// 1 force dst_cid 2 and type STREAM, 2 kick after this packet, 3 host peers write a little,
-// 4 close one host peer, 5 post rx buffers, 6 run the event loop once. Host connects to odd
-// ports are refused. Nothing may crash, leak or trip the sanitizers; every tx chain must come
-// back with used len 0 and every rx used length must be 44 + hdr.len.
+// 1 force dst_cid 2 and the type (SEQPACKET if bit 8 of src_port is set, else STREAM),
+// 2 kick after this packet, 3 host peers write a little, 4 close one host peer, 5 post rx
+// buffers, 6 run the event loop once. Host connects to odd ports are refused. SEQPACKET is
+// negotiated, so both types' paths (message assembly, host records) are reached. Nothing may
+// crash, leak or trip the sanitizers; every tx chain must come back with used len 0 and every
+// rx used length must be 44 + hdr.len.
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -16,6 +18,7 @@
 
 #include "base/event_loop.h"
 #include "base/log.h"
+#include "virtio/virtio_ring.h"
 #include "vsock/device.h"
 #include "vsock/testing/fake_guest.h"
 #include "vsock/testing/fake_host_backend.h"
@@ -38,6 +41,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   gopts.queue_size = 32;
   auto guest = std::move(testing::FakeGuest::Create(device.get(), gopts)).value();
   guest->Start();
+  device->SetAckedFeatures((1ull << virtio::VIRTIO_F_VERSION_1) |
+                           (1ull << VIRTIO_VSOCK_F_SEQPACKET));
   guest->PostRx(8);
   std::vector<Fd> peers;
 
@@ -52,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!(ctl & 1)) h.src_cid = guest->cid();
     if (ctl & 2) {
       h.dst_cid = VMADDR_CID_HOST;
-      h.type = VIRTIO_VSOCK_TYPE_STREAM;
+      h.type = (h.src_port & 0x100) != 0 ? VIRTIO_VSOCK_TYPE_SEQPACKET : VIRTIO_VSOCK_TYPE_STREAM;
       h.src_port %= 8;
       h.dst_port %= 64;
     }

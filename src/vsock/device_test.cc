@@ -1265,6 +1265,40 @@ TEST_F(SeqpacketTest, GuestMessagesReachTheHostWhole) {
   EXPECT_EQ(device_->stats().connections_active, 1u);
 }
 
+TEST_F(SeqpacketTest, GuestMessagesWaitInTheBufferWhileTheHostIsFull) {
+  // Messages go to the host straight from guest memory; when the host socket is full, the
+  // rest of the batch is copied before its chains go back, and follows in order later.
+  Fd peer = ConnectSeq();
+  std::vector<std::vector<uint8_t>> msgs;
+  uint32_t sent = 0;
+  auto send_batch = [&](int count) {
+    for (int i = 0; i < count; ++i) {
+      msgs.push_back(RandomBytes(3000, static_cast<uint32_t>(100 + msgs.size())));
+      auto h = SeqHeader(VIRTIO_VSOCK_OP_RW, 3000, VIRTIO_VSOCK_SEQ_EOM);
+      ASSERT_TRUE(guest_->Send(h, msgs.back(), /*kick=*/false).ok());
+      sent += 3000;
+    }
+    guest_->KickTx(true);
+    Pump();
+  };
+  // The host reads nothing until a batch had to be buffered.
+  while (device_->stats().buffered_bytes == 0 && msgs.size() < 400) send_batch(8);
+  ASSERT_GT(device_->stats().buffered_bytes, 0u) << "the host socket never filled";
+  EXPECT_LE(device_->stats().buffered_bytes, 8u * 3000);
+  // A batch while the host is still full is buffered whole (within the guest's credit).
+  const uint64_t before = device_->stats().buffered_bytes;
+  send_batch(4);
+  EXPECT_EQ(device_->stats().buffered_bytes, before + 4 * 3000);
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    std::optional<std::vector<uint8_t>> got;
+    ASSERT_TRUE(RunUntil([&] { return (got = HostRecv(peer.get())).has_value(); })) << i;
+    ASSERT_EQ(*got, msgs[i]) << "message " << i;
+  }
+  EXPECT_EQ(device_->stats().buffered_bytes, 0u);
+  EXPECT_EQ(device_->stats().connections_active, 1u);
+  EXPECT_FALSE(HostRecv(peer.get()).has_value());
+}
+
 TEST_F(SeqpacketTest, GuestMessageOfExactlyBufAlloc) {
   Fd peer = ConnectSeq();
   auto m = RandomBytes(64 * 1024, 7);  // == the device's buf_alloc
@@ -1477,6 +1511,28 @@ TEST_F(SeqpacketTest, MessageFlagsTrailerCarriesEorBothWays) {
   ASSERT_TRUE(q);
   EXPECT_EQ(q->hdr.flags, VIRTIO_VSOCK_SEQ_EOM);
   EXPECT_EQ(q->payload, Bytes("z"));
+  // The trailer just past the rx buffers read into (one 4 KiB buffer for the next record,
+  // sized by the 1-byte message before): still flags, not payload; and a payload byte past
+  // them follows in a second packet with the flags.
+  for (size_t size : {4096, 4097}) {
+    auto record = RandomBytes(size, static_cast<uint32_t>(size));
+    record.push_back(VIRTIO_VSOCK_SEQ_EOM | VIRTIO_VSOCK_SEQ_EOR);
+    ASSERT_EQ(::send(mine.get(), record.data(), record.size(), 0),
+              static_cast<ssize_t>(record.size()));
+    std::vector<uint8_t> payload;
+    std::vector<uint32_t> flags;
+    while (flags.empty() || (flags.back() & VIRTIO_VSOCK_SEQ_EOM) == 0) {
+      auto r = NextRx();
+      ASSERT_TRUE(r) << size;
+      ASSERT_EQ(r->hdr.op, VIRTIO_VSOCK_OP_RW);
+      flags.push_back(r->hdr.flags);
+      payload.insert(payload.end(), r->payload.begin(), r->payload.end());
+    }
+    record.pop_back();
+    EXPECT_EQ(payload, record) << size;
+    EXPECT_EQ(flags.size(), size == 4096 ? 1u : 2u) << size;
+    EXPECT_EQ(flags.back(), VIRTIO_VSOCK_SEQ_EOM | VIRTIO_VSOCK_SEQ_EOR) << size;
+  }
 }
 
 TEST_F(SeqpacketTest, ConnectToGuestNeedsAMessageSocket) {
