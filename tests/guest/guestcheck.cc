@@ -72,9 +72,10 @@ Commands:
       (so all C are open at once) unless --no-barrier. Failures: one stderr line each.
       -> ok conns=C bytes=N ms=T
   serve (--port P [--cid CID] | --listen ADDR) --mode echo|sink|source|hold
-        [--bytes N] [--seed S] [--chunk K] [--count K] [--verify]
+        [--bytes N] [--seed S] [--chunk K] [--count K] [--verify] [--progress N]
       Listen (default CID any) and serve K connections (default 1; 0 = forever), all
-      concurrently. Prints `listening ADDR` once ready, then one line per connection:
+      concurrently. Prints `listening ADDR` once ready, `progress received=N conn=I` once a
+      connection has received --progress N bytes (if given), then one line per connection:
         echo:   echoes everything, shuts down its write side after the peer's EOF
                 -> echoed bytes=N conn=I peer=ADDR
         sink:   reads to EOF -> received bytes=N fnv=F conn=I peer=ADDR; with --bytes N the
@@ -288,6 +289,7 @@ struct SessionSpec {
   std::optional<uint64_t> verify_seed;      // received bytes must be this pattern
   std::optional<uint64_t> expect_rx_bytes;  // received count must be this at EOF
   bool expect_no_rx = false;                // any received byte is a failure
+  uint64_t progress_at = 0;                 // print a progress line once this much arrived
   // hold: the end of the connection (EOF or an error) is the outcome, not a failure.
   bool end_is_outcome = false;
 };
@@ -513,6 +515,10 @@ class Session {
       budget -= std::min(budget, n);
       std::span<const uint8_t> got(buf, n);
       rx_.Update(got);
+      if (spec_.progress_at != 0 && !progress_said_ && rx_.count() >= spec_.progress_at) {
+        progress_said_ = true;
+        Out("progress received=" + std::to_string(rx_.count()) + " conn=" + std::to_string(index_));
+      }
       if (spec_.tx == TxMode::echo) echo_tail_ += n;
       if (spec_.expect_no_rx) {
         Finish("received " + std::to_string(n) + " bytes, expected none");
@@ -682,6 +688,7 @@ class Session {
   bool failed_ = false;
   std::string failure_;
   std::string end_reason_, end_so_error_;
+  bool progress_said_ = false;  // the --progress line is out
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1012,8 +1019,11 @@ int CmdServe(const Args& a, UsageError& err) {
     err.what = "--mode must be echo, sink, source or hold";
     return 2;
   }
-  uint64_t count = 1, bytes = 0;
-  if (!a.Size("count", count, err) || !a.Size("bytes", bytes, err)) return 2;
+  uint64_t count = 1, bytes = 0, progress = 0;
+  if (!a.Size("count", count, err) || !a.Size("bytes", bytes, err) ||
+      !a.Size("progress", progress, err)) {
+    return 2;
+  }
   if (mode == "source" && !a.Has("bytes")) {
     err.what = "--mode source needs --bytes N";
     return 2;
@@ -1024,6 +1034,7 @@ int CmdServe(const Args& a, UsageError& err) {
   }
   SessionSpec spec;
   spec.chunk = c.chunk;
+  spec.progress_at = progress;
   if (mode == "echo") {
     spec.tx = TxMode::echo;
   } else if (mode == "source") {
@@ -1217,6 +1228,7 @@ int RealMain(int argc, char** argv) {
              {"seed", true},
              {"chunk", true},
              {"count", true},
+             {"progress", true},
              {"verify", false}}),
        0, CmdServe},
       {"recv", With({{"bytes", true}, {"seed", true}, {"verify", false}}), 1, CmdRecv},

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -317,10 +318,16 @@ TEST_F(GuestcheckTest, HoldFailsWhenTheGuestGoesAway) {
 
 TEST_F(GuestcheckTest, ServeSinkVerifiesWhatTheGuestSends) {
   const size_t n = 2 << 20;
-  auto bg = Serve(6000, "--mode sink --bytes 2M --seed 5 --verify");
+  auto bg = Serve(6000, "--mode sink --bytes 2M --seed 5 --verify --progress 1M");
   auto obs = GuestConnect(6000, PatternBytes(n, 5));
   const RunResult& r = bg->Join();
   ASSERT_EQ(r.exit_code, 0) << r.output << daemon_.Log();
+  // One progress line, when the first MiB was in.
+  const uint64_t progress =
+      std::strtoull(Field(r.output, "progress", "received").c_str(), nullptr, 10);
+  EXPECT_GE(progress, 1u << 20) << r.output;
+  EXPECT_LT(progress, n) << r.output;
+  EXPECT_EQ(r.output.find("progress"), r.output.rfind("progress")) << r.output;
   EXPECT_EQ(Field(r.output, "received", "bytes"), std::to_string(n)) << r.output;
   EXPECT_EQ(Field(r.output, "received", "fnv"), Hex(PatternFnv(n, 5))) << r.output;
   // vsockd names the caller: the guest's CID shows as the peer.

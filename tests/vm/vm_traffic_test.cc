@@ -326,7 +326,8 @@ TEST_F(VmTrafficTest, HostConnectToAnUnservedGuestPortGetsAnErrLine) {
 // serves new connections both ways right after.
 TEST_F(VmTrafficTest, HostPeerKilledMidTransferLeavesVsockdServing) {
   Subprocess sink;
-  ASSERT_TRUE(sink.Start(HostGuestcheck({"serve", "--listen", Hvsock(6600), "--mode", "sink"}),
+  ASSERT_TRUE(sink.Start(HostGuestcheck({"serve", "--listen", Hvsock(6600), "--mode", "sink",
+                                         "--progress", "1M"}),
                          dir().File("sink6600.log"))
                   .ok());
   ASSERT_TRUE(WaitFor([&] { return sink.Log().find("listening") != std::string::npos; },
@@ -337,8 +338,9 @@ TEST_F(VmTrafficTest, HostPeerKilledMidTransferLeavesVsockdServing) {
                          "echo exit=$?",
                          "/tmp/send6600.log")
                   .ok());
-  // Let data flow for a while: the host sink dies mid-transfer.
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+  // The host sink dies mid-transfer: once it has received 1 MiB.
+  ASSERT_TRUE(WaitFor([&] { return sink.Log().find("progress") != std::string::npos; }, kCmd))
+      << sink.Log();
   ASSERT_TRUE(sink.Running()) << sink.Log();
   auto killed = Clock::now();
   int status = sink.Stop(SIGKILL);
