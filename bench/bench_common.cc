@@ -337,6 +337,10 @@ Result<double> RawUnixConnectRate(double seconds) {
   return rate;
 }
 
+std::string HostServicePath(const std::string& uds_path, uint32_t port, bool seqpacket) {
+  return uds_path + "_" + std::to_string(port) + (seqpacket ? ".seqpacket" : "");
+}
+
 int RunRole(const std::string& role_arg, const std::string& path, uint32_t port, uint64_t total,
             size_t write_size) {
   auto fail = [&](const Error& e) {
@@ -353,8 +357,7 @@ int RunRole(const std::string& role_arg, const std::string& path, uint32_t port,
     role.resize(role.size() - kSeqSuffix.size());
     type = SOCK_SEQPACKET;
   }
-  const std::string vsockd_suffix = type == SOCK_SEQPACKET ? ".seqpacket" : "";
-  std::string target = port != 0 ? path + "_" + std::to_string(port) + vsockd_suffix : path;
+  std::string target = port != 0 ? HostServicePath(path, port, type == SOCK_SEQPACKET) : path;
   // Sinks `fd` to EOF and reports "bytes seconds cpu_seconds" (this process's CPU for it).
   auto sink = [&](int fd) {
     const double cpu0 = ProcessCpuSeconds();
@@ -395,21 +398,8 @@ int RunRole(const std::string& role_arg, const std::string& path, uint32_t port,
   }
   if (role == "host-source") {
     // Connects to a guest port through vsockd's hybrid socket and sends `total` bytes.
-    auto fd = ConnectUnix(path + vsockd_suffix, /*nonblocking=*/false, type);
+    auto fd = testing::HybridConnect(path, port, nullptr, type);
     if (!fd.ok()) return fail(fd.error());
-    std::string cmd = "CONNECT " + std::to_string(port) + "\n";
-    if (auto s = WriteAll(fd->get(), cmd.data(), cmd.size()); !s.ok()) return fail(s.error());
-    std::string line;
-    if (type == SOCK_SEQPACKET) {
-      // The answer is one message.
-      char reply[128];
-      ssize_t n = ::recv(fd->get(), reply, sizeof(reply), 0);
-      if (n > 0) line.assign(reply, static_cast<size_t>(n));
-    } else {
-      char ch;
-      while (ReadExact(fd->get(), &ch, 1).ok() && ch != '\n') line.push_back(ch);
-    }
-    if (line.rfind("OK", 0) != 0) return fail(MakeError(ECONNREFUSED, "reply '{}'", line));
     const double cpu0 = ProcessCpuSeconds();
     auto s = SourceBytes(fd->get(), total, write_size);
     if (!s.ok()) return fail(s.error());

@@ -96,6 +96,10 @@ const char* PlacementName(Placement p);
 const char* PlacementNote(Placement p);
 std::map<std::string, Placement> PlacementsByName();
 
+// vsockd's host service socket for guest connects to `port`: <uds_path>_<port>, with
+// ".seqpacket" appended for SOCK_SEQPACKET services.
+std::string HostServicePath(const std::string& uds_path, uint32_t port, bool seqpacket = false);
+
 // Until a socket listens at `path` (not just exists: a one-shot client connects next).
 bool WaitForListener(const std::string& path,
                      std::chrono::milliseconds timeout = std::chrono::seconds(10));

@@ -118,8 +118,7 @@ class VsockRig {
     auto child = SpawnRoleChild(seqpacket ? "host-sink-seqpacket" : "host-sink",
                                 daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port) +
-                         (seqpacket ? ".seqpacket" : ""))) {
+    if (!WaitForListener(HostServicePath(daemon_->uds_path(), port, seqpacket))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "host sink did not start");
     }
@@ -249,7 +248,7 @@ class VsockRig {
     uint32_t port = NextPort();
     auto child = SpawnRoleChild("host-echo", daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
+    if (!WaitForListener(HostServicePath(daemon_->uds_path(), port))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "host echo did not start");
     }
@@ -298,7 +297,7 @@ class VsockRig {
     uint32_t port = NextPort();
     auto child = SpawnRoleChild("acceptor", daemon_->uds_path(), port, 0, 0);
     if (!child.ok()) return child.take_error();
-    if (!WaitForListener(daemon_->uds_path() + "_" + std::to_string(port))) {
+    if (!WaitForListener(HostServicePath(daemon_->uds_path(), port))) {
       StopRole(*child);
       return MakeError(ETIMEDOUT, "acceptor did not start");
     }

@@ -62,20 +62,23 @@ class FakeSibling : public SiblingConnector {
   Fd stream_fd;
   std::atomic<bool> stored{false};
 
+  // Polls `done` (set on B's thread) every millisecond for up to ~2 s; its last value.
+  template <typename F>
+  static bool Poll(F done) {
+    for (int i = 0; i < 2000 && !done(); ++i) usleep(1000);
+    return done();
+  }
   // The id CancelConnectToGuest got, once it was called (0: not within ~2 s).
   uint64_t WaitCancelled() {
-    for (int i = 0; i < 2000 && cancelled_id.load() == 0; ++i) usleep(1000);
+    Poll([&] { return cancelled_id.load() != 0; });
     return cancelled_id.load();
   }
   // Whether ConnectToGuestFrom has been called (within ~2 s).
   bool WaitConnects() {
-    for (int i = 0; i < 2000 && connects.load() == 0; ++i) usleep(1000);
-    return connects.load() != 0;
+    return Poll([&] { return connects.load() != 0; });
   }
-
   bool WaitStored() {
-    for (int i = 0; i < 2000 && !stored.load(); ++i) usleep(1000);
-    return stored.load();
+    return Poll([&] { return stored.load(); });
   }
 };
 

@@ -1094,8 +1094,7 @@ class Device::Impl {
         }
         // With host_msg_flags the record ends with the message's flags byte.
         if (conn->host_msg_flags) {
-          mmsg_trailer_[i] =
-              static_cast<uint8_t>(VIRTIO_VSOCK_SEQ_EOM | (m.eor ? VIRTIO_VSOCK_SEQ_EOR : 0));
+          mmsg_trailer_[i] = static_cast<uint8_t>(MessageEndFlags(m.eor));
           mmsg_iov_.push_back(iovec{&mmsg_trailer_[i], 1});
         }
         mmsg_[i].msg_len = static_cast<unsigned>(mmsg_iov_.size());  // end index, for now
@@ -1265,31 +1264,12 @@ class Device::Impl {
     }
   }
 
-  // Pops a usable rx chain (bad ones are returned with used len 0). False when none.
-  bool PopRxChain(DescChain* chain, size_t min_writable = kHeaderSize) {
-    for (;;) {
-      PopResult r = rxq_->Pop(chain);
-      if (r == PopResult::kEmpty) return false;
-      if (r == PopResult::kBroken) {
-        RxUsable();  // logs once
-        return false;
-      }
-      if (r == PopResult::kOk && chain->readable_bytes == 0 &&
-          chain->writable_bytes >= min_writable) {
-        return true;
-      }
-      LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: unusable rx buffer returned empty",
-                      opts_.guest_cid);
-      rxq_->PushUsed(chain->head, 0);
-    }
-  }
-
-  // Pops the next rx chain for a data packet: writable only, with room for the header and a
-  // payload byte. An unusable chain is returned empty, unless `popped` chains are already
-  // popped and not pushed: then it is un-popped and kEmpty returned (handled first next turn),
-  // so those stay the most recent pops and Unpop stays exact. kBroken: the queue is unusable
+  // Pops the next rx chain a packet can go into: writable only, at least `min_writable`
+  // bytes. An unusable chain is returned empty, unless `popped` chains are already popped
+  // and not pushed: then it is un-popped and kEmpty returned (handled first next turn), so
+  // those stay the most recent pops and Unpop stays exact. kBroken: the queue is unusable
   // (logged once); nothing popped may be touched.
-  PopResult PopDataChain(DescChain* chain, size_t popped) {
+  PopResult PopUsableRx(DescChain* chain, size_t min_writable, size_t popped = 0) {
     for (;;) {
       PopResult r = rxq_->Pop(chain);
       if (r == PopResult::kEmpty) return r;
@@ -1298,7 +1278,7 @@ class Device::Impl {
         return r;
       }
       if (r == PopResult::kOk && chain->readable_bytes == 0 &&
-          chain->writable_bytes > kHeaderSize) {
+          chain->writable_bytes >= min_writable) {
         return PopResult::kOk;
       }
       if (popped > 0) {
@@ -1309,6 +1289,47 @@ class Device::Impl {
                       opts_.guest_cid);
       rxq_->PushUsed(chain->head, 0);
     }
+  }
+
+  // One chain for a packet popped alone (control packets, a message's later fragments).
+  bool PopRxChain(DescChain* chain, size_t min_writable = kHeaderSize) {
+    return PopUsableRx(chain, min_writable) == PopResult::kOk;
+  }
+
+  // Pops rx_pool_[n] for a read into its data area (a header and at least one payload byte
+  // fit) and appends iovecs for up to `room` bytes of it to rx_iov_, which stays within
+  // `iov_limit` entries; rx_caps_[n] = the bytes they cover. kEmpty also when rx_iov_ is full.
+  PopResult PopRxForRead(size_t n, size_t room, size_t iov_limit) {
+    if (rx_iov_.size() >= iov_limit) return PopResult::kEmpty;
+    DescChain& ch = rx_pool_[n];
+    PopResult r = PopUsableRx(&ch, kHeaderSize + 1, n);
+    if (r != PopResult::kOk) return r;
+    size_t cap = std::min<size_t>({ch.writable_bytes - kHeaderSize, kMaxPacketPayload, room});
+    rx_caps_[n] = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, iov_limit - rx_iov_.size());
+    return r;
+  }
+
+  // After a read of `got` bytes into rx_pool_[0, n) (rx_caps_ each): sends the filled chains
+  // as RW packets, the last with `last_flags`, and un-pops the rest (the most recent pops).
+  // Returns how many were sent.
+  size_t SendReadChains(Connection* conn, size_t n, size_t got, uint32_t last_flags) {
+    size_t used = 0;
+    for (size_t left = got; used < n && left > 0; ++used) left -= std::min(left, rx_caps_[used]);
+    if (used < n) rxq_->Unpop(static_cast<uint16_t>(n - used));
+    size_t left = got;
+    for (size_t i = 0; i < used; ++i) {
+      size_t len = std::min(left, rx_caps_[i]);
+      left -= len;
+      SendRw(conn, rx_pool_[i], len, i + 1 == used ? last_flags : 0);
+    }
+    return used;
+  }
+
+  void SendRw(Connection* conn, const DescChain& ch, size_t len, uint32_t flags) {
+    uint32_t n = static_cast<uint32_t>(len);
+    WriteHeader(ch, conn->MakeHeader(VIRTIO_VSOCK_OP_RW, flags, n), n);
+    conn->OnSentToGuest(n);
+    stats_.rx_bytes += n;
   }
 
   void WriteHeader(const DescChain& chain, const PacketHeader& h, uint32_t payload) {
@@ -1387,19 +1408,14 @@ class Device::Impl {
       rx_iov_.clear();
       size_t cap_round = 0;
       while (n < want && cap_total < budget && cap_round < want_bytes) {
-        DescChain& ch = rx_pool_[n];
-        PopResult r = rx_iov_.size() < kMaxIov ? PopDataChain(&ch, n) : PopResult::kEmpty;
+        PopResult r = PopRxForRead(n, budget - cap_total, kMaxIov);
         if (r == PopResult::kEmpty) {
           more = false;
           break;
         }
         if (r == PopResult::kBroken) return Served::kStarved;  // nothing popped may be touched
-        size_t cap = std::min<size_t>(
-            {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, budget - cap_total});
-        cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - rx_iov_.size());
-        rx_caps_[n] = cap;
-        cap_total += cap;
-        cap_round += cap;
+        cap_total += rx_caps_[n];
+        cap_round += rx_caps_[n];
         ++n;
       }
       if (n == first) break;
@@ -1460,23 +1476,8 @@ class Device::Impl {
       return Served::kFreed;
     }
     if (read_error != 0) conn->host_readable = false;
-    // Chains that got nothing are the most recent pops: return them first.
-    size_t left = got_total;
-    size_t used = 0;
-    for (size_t i = 0; i < n && left > 0; ++i) {
-      left -= std::min(left, rx_caps_[i]);
-      used = i + 1;
-    }
-    if (used < n) rxq_->Unpop(static_cast<uint16_t>(n - used));
     conn->rx_streaming = got_total > 0 && got_total == cap_total;
-    left = got_total;
-    for (size_t i = 0; i < used; ++i) {
-      uint32_t len = static_cast<uint32_t>(std::min(left, rx_caps_[i]));
-      left -= len;
-      WriteHeader(rx_pool_[i], conn->MakeHeader(VIRTIO_VSOCK_OP_RW, 0, len), len);
-      conn->OnSentToGuest(len);
-      stats_.rx_bytes += len;
-    }
+    SendReadChains(conn, n, got_total, 0);
     // After the data it follows: the SHUTDOWN is sent once these headers are out.
     if (eof) OnHostEof(conn);
     return Served::kDone;
@@ -1508,7 +1509,7 @@ class Device::Impl {
       CopyToIov(ch.writable, kHeaderSize, conn->out_msg.data() + conn->out_msg_off, len);
       conn->out_msg_off += len;
       const bool last = !conn->out_msg_pending();
-      SendMessagePacket(conn, ch, len, last, conn->out_msg_eor);
+      SendRw(conn, ch, len, last ? MessageEndFlags(conn->out_msg_eor) : 0);
       ++chains;
       bytes += len;
       if (last) {
@@ -1519,13 +1520,8 @@ class Device::Impl {
     return Served::kDone;
   }
 
-  void SendMessagePacket(Connection* conn, const DescChain& ch, size_t len, bool last, bool eor) {
-    uint32_t n = static_cast<uint32_t>(len);
-    uint32_t flags = 0;
-    if (last) flags = VIRTIO_VSOCK_SEQ_EOM | (eor ? VIRTIO_VSOCK_SEQ_EOR : 0);
-    WriteHeader(ch, conn->MakeHeader(VIRTIO_VSOCK_OP_RW, flags, n), n);
-    conn->OnSentToGuest(n);
-    stats_.rx_bytes += n;
+  static uint32_t MessageEndFlags(bool eor) {
+    return VIRTIO_VSOCK_SEQ_EOM | (eor ? VIRTIO_VSOCK_SEQ_EOR : 0);
   }
 
   // Seqpacket host -> guest: reads the next host message with one recvmsg whose buffers are
@@ -1553,19 +1549,15 @@ class Device::Impl {
       size_t cap_total = 0;
       rx_iov_.clear();
       bool broken = false;
-      while (n < max_chains && cap_total < want && rx_iov_.size() < kMaxIov - 1) {
-        DescChain& ch = rx_pool_[n];
-        PopResult r = PopDataChain(&ch, n);
+      while (n < max_chains && cap_total < want) {
+        // One iovec stays free for the scratch area.
+        PopResult r = PopRxForRead(n, credit - cap_total, kMaxIov - 1);
         if (r == PopResult::kEmpty) break;
         if (r == PopResult::kBroken) {
           broken = true;
           break;
         }
-        size_t cap = std::min<size_t>(
-            {ch.writable_bytes - kHeaderSize, kMaxPacketPayload, credit - cap_total});
-        cap = SliceIov(ch.writable, kHeaderSize, cap, &rx_iov_, kMaxIov - 1 - rx_iov_.size());
-        rx_caps_[n] = cap;
-        cap_total += cap;
+        cap_total += rx_caps_[n];
         ++n;
       }
       if (n == 0 || broken) {
@@ -1640,19 +1632,7 @@ class Device::Impl {
         conn->out_msg_off = 0;
         conn->out_msg_eor = eor;
       }
-      // Buffers that got nothing are the most recent pops: return them first.
-      size_t used = 0;
-      for (size_t left = in_rx; used < n && left > 0; ++used) {
-        left -= std::min(left, rx_caps_[used]);
-      }
-      if (used < n) rxq_->Unpop(static_cast<uint16_t>(n - used));
-      size_t left = in_rx;
-      for (size_t i = 0; i < used; ++i) {
-        size_t len = std::min(left, rx_caps_[i]);
-        left -= len;
-        SendMessagePacket(conn, rx_pool_[i], len, /*last=*/rest == 0 && i + 1 == used, eor);
-      }
-      *chains += used;
+      *chains += SendReadChains(conn, n, in_rx, rest == 0 ? MessageEndFlags(eor) : 0);
       *bytes += in_rx;
       return true;
     }

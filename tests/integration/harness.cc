@@ -284,16 +284,30 @@ void SetSocketTimeouts(int fd, std::chrono::seconds timeout) {
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply) {
-  auto fd = ConnectUnix(uds_path);
+Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply, int type) {
+  const bool seqpacket = type == SOCK_SEQPACKET;
+  auto fd = ConnectUnix(seqpacket ? uds_path + ".seqpacket" : uds_path, false, type);
   if (!fd.ok()) return fd.take_error();
   std::string cmd = "CONNECT " + std::to_string(port) + "\n";
   VSOCKD_RETURN_IF_ERROR(WriteAll(fd->get(), cmd.data(), cmd.size()));
-  auto line = ReadLine(fd->get());
-  if (!line.ok()) return line.take_error();
-  if (reply != nullptr) *reply = *line;
-  if (line->rfind("OK ", 0) != 0) {
-    return MakeError(ECONNREFUSED, "hybrid connect to port {} refused: '{}'", port, *line);
+  std::string line;
+  if (seqpacket) {
+    char buf[256];
+    ssize_t n;
+    do {
+      n = ::recv(fd->get(), buf, sizeof buf, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return ErrnoError("recv reply message");
+    line.assign(buf, static_cast<size_t>(n));
+    if (!line.empty() && line.back() == '\n') line.pop_back();
+  } else {
+    auto l = ReadLine(fd->get());
+    if (!l.ok()) return l.take_error();
+    line = std::move(*l);
+  }
+  if (reply != nullptr) *reply = line;
+  if (line.rfind("OK ", 0) != 0) {
+    return MakeError(ECONNREFUSED, "hybrid connect to port {} refused: '{}'", port, line);
   }
   return std::move(*fd);
 }

@@ -5,6 +5,7 @@
 // GuestRunner owns a thread running an EventLoop; Call() runs a function there and waits.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -124,7 +125,10 @@ bool WaitFor(const std::function<bool()>& pred,
 
 // Host side of the hybrid convention: connect to `uds_path`, send "CONNECT <port>\n", read
 // the reply line. On "OK ..." returns the connected stream; else an error carrying the line.
-Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply = nullptr);
+// `type` SOCK_SEQPACKET: vsockd's `<uds_path>.seqpacket`, the command and the reply one
+// message each (*reply without its '\n').
+Result<Fd> HybridConnect(const std::string& uds_path, uint32_t port, std::string* reply = nullptr,
+                         int type = SOCK_STREAM);
 
 // Runs a shell command line (under `timeout 60`) and collects its stdout + stderr.
 struct RunResult {
