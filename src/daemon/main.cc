@@ -1,7 +1,6 @@
 // vsockd: userspace virtio-vsock device (vhost-user backend) bridging guest vsock
 // connections to host Unix sockets. See `vsockd --help` and docs/DESIGN.md.
 #include <signal.h>
-#include <sys/resource.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -10,28 +9,9 @@
 
 #include "base/log.h"
 #include "daemon/daemon.h"
+#include "daemon/fd_budget.h"
 #include "daemon/options.h"
 #include "daemon/readiness.h"
-
-namespace {
-
-// Every guest connection holds one host socket, so a vsockd serving many VMs needs far more
-// descriptors than the usual soft limit of 1024 (64 VMs with 1,000 idle connections each:
-// ~65,000). Raising the soft limit up to the hard one needs no privilege; the hard limit
-// stays the administrator's (LimitNOFILE=, ulimit -Hn). vsockd uses epoll, never select(),
-// so descriptors above 1023 are fine.
-void RaiseFdLimit() {
-  struct rlimit rl;
-  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
-  const rlim_t old = rl.rlim_cur;
-  rl.rlim_cur = rl.rlim_max;
-  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) {
-    LOG_WARN("cannot raise the open-file limit from {} to {}: {}", old, rl.rlim_max,
-             std::strerror(errno));
-  }
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace vsockd;
@@ -42,7 +22,14 @@ int main(int argc, char** argv) {
   }
   SetLogTag("vsockd");
   SetLogLevel(parsed.options.log_level);
-  RaiseFdLimit();
+  // Every guest connection holds a host socket: divide the open-file limit among the VMs so
+  // that one guest cannot take the descriptors the others need (daemon/fd_budget.h).
+  auto fd_plan = daemon::ApplyFdBudgets(&parsed.options.vms);
+  if (!fd_plan.ok()) {
+    std::fprintf(stderr, "vsockd: error: %s\n", fd_plan.error().context.c_str());
+    return 2;
+  }
+  LOG_INFO("{}", fd_plan->Describe());
   // Writes to host sockets use MSG_NOSIGNAL, but a peer closing under a plain write() must
   // never kill the daemon.
   ::signal(SIGPIPE, SIG_IGN);

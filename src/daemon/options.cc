@@ -4,11 +4,14 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+
+#include "daemon/limit_keys.h"
 
 namespace vsockd::daemon {
 namespace {
@@ -53,7 +56,17 @@ constexpr const char* kDescription =
     "Guest <-> guest: a guest connecting to another VM's CID reaches it when the two VMs\n"
     "share a group (default: every VM is in group \"default\"); the other guest sees the\n"
     "caller's CID and port. Other CIDs (not served here, or no group in common) get RST.\n"
-    "Each VM runs on one of --workers threads (default: one per core, at most one per VM).";
+    "Each VM runs on one of --workers threads (default: one per core, at most one per VM).\n"
+    "\n"
+    "Budgets and access policy, per VM (--vm KEY=VALUE, the config file's VM entries or its\n"
+    "'defaults:' map) or for every VM (--KEY VALUE): max-connections, max-buffered-bytes,\n"
+    "max-host-fds, connect-rate, connect-burst; allow-host-ports (guest -> host),\n"
+    "allow-guest-ports (host -> guest) and allow-siblings (guest -> guest), e.g.\n"
+    "  --vm guest-cid=3,...,max-connections=256,allow-host-ports=22+1024-2047,\n"
+    "       allow-siblings=4:5000-5010;*:22\n"
+    "A connect over budget or against policy gets RST (guest) or an ERR line (host). The\n"
+    "open-file limit is divided among the VMs (start fails, exit code 2, when explicit\n"
+    "max-host-fds cannot fit). The rules and defaults: docs/SECURITY.md.";
 
 constexpr const char* kFooter =
     "Example:\n"
@@ -235,13 +248,15 @@ Status SetVmKey(VmOptions* vm, std::string_view raw_key, std::string_view value,
     auto groups = ParseGroups(value);
     if (!groups.ok()) return groups.take_error();
     vm->groups = std::move(*groups);
+  } else if (IsLimitKey(key)) {
+    return SetLimitKey(vm, key, value);
   } else if (key == "forward-cid" || key == "forward-listen") {
     return MakeError(ENOTSUP,
                      "'{}' (vhost-device-vsock's host AF_VSOCK backend) is not supported: "
                      "vsockd never opens AF_VSOCK sockets on the host; use uds-path",
                      key);
   } else {
-    return MakeError(EINVAL, "unknown key '{}' (known: {})", raw_key, kVmKeys);
+    return MakeError(EINVAL, "unknown key '{}' (known: {}, {})", raw_key, kVmKeys, kLimitKeys);
   }
   return OkStatus();
 }
@@ -308,7 +323,7 @@ Result<VmOptions> ParseVmSpec(std::string_view spec, const VmOptions& defaults) 
     std::string_view item = spec.substr(start, end == std::string_view::npos ? end : end - start);
     size_t eq = item.find('=');
     if (item.empty() || eq == std::string_view::npos || eq == 0) {
-      return MakeError(EINVAL, "'{}' is not key=value (keys: {})", item, kVmKeys);
+      return MakeError(EINVAL, "'{}' is not key=value (keys: {}, {})", item, kVmKeys, kLimitKeys);
     }
     VSOCKD_RETURN_IF_ERROR(SetVmKey(&vm, item.substr(0, eq), item.substr(eq + 1), &seen));
     if (end == std::string_view::npos) break;
@@ -318,6 +333,80 @@ Result<VmOptions> ParseVmSpec(std::string_view spec, const VmOptions& defaults) 
   return vm;
 }
 
+namespace {
+
+// A YAML value as the --vm text of its key: scalars as they are; lists joined the way the
+// --vm form joins them (groups and port lists with '+', sibling rules with ';'), and sibling
+// rules may be {cid, ports} maps.
+Result<std::string> YamlValueText(const std::string& key, const YAML::Node& node) {
+  if (node.IsScalar()) return node.as<std::string>();
+  const std::string k = NormalizeKey(key);
+  const bool list_key =
+      k == "groups" || k == "allow-host-ports" || k == "allow-guest-ports" || k == "allow-siblings";
+  if (!node.IsSequence() || !list_key) {
+    return MakeError(EINVAL, "'{}' must be a single value", key);
+  }
+  if (node.size() == 0) {
+    if (k == "groups") return MakeError(EINVAL, "groups: at least one group is needed");
+    return std::string("none");  // an empty allow list allows nothing
+  }
+  std::string text;
+  for (const YAML::Node& item : node) {
+    std::string piece;
+    if (item.IsScalar()) {
+      piece = item.as<std::string>();
+    } else if (k == "allow-siblings" && item.IsMap()) {
+      std::string cid = "*";
+      std::string ports = "any";
+      for (const auto& kv : item) {
+        const std::string field = kv.first.as<std::string>();
+        if (!kv.second.IsScalar() && !(field == "ports" && kv.second.IsSequence())) {
+          return MakeError(EINVAL, "{}: '{}' must be a single value", key, field);
+        }
+        if (field == "cid") {
+          cid = kv.second.as<std::string>();
+        } else if (field == "ports") {
+          auto text_ports = YamlValueText("allow-host-ports", kv.second);
+          if (!text_ports.ok()) return text_ports.take_error();
+          ports = *text_ports;
+        } else {
+          return MakeError(EINVAL, "{}: unknown field '{}' (cid, ports)", key, field);
+        }
+      }
+      piece = fmt::format("{}:{}", cid, ports);
+    } else {
+      return MakeError(EINVAL, "{}: entries must be single values", key);
+    }
+    text += (text.empty() ? "" : (k == "allow-siblings" ? ";" : "+")) + piece;
+  }
+  return text;
+}
+
+// Applies one YAML map's keys to `vm`; `where` prefixes errors ("config: vms[2]").
+Status ApplyYamlMap(const YAML::Node& map, VmOptions* vm, const std::string& where,
+                    bool identity_allowed) {
+  std::set<std::string> seen;
+  for (const auto& kv : map) {
+    const std::string key = kv.first.as<std::string>();
+    const int line = kv.first.Mark().line + 1;
+    const std::string k = NormalizeKey(key);
+    if (!identity_allowed && (k == "guest-cid" || k == "socket" || k == "uds-path")) {
+      return MakeError(EINVAL, "{} (line {}): '{}' names one VM and belongs in its vms entry",
+                       where, line, key);
+    }
+    auto value = YamlValueText(key, kv.second);
+    if (!value.ok()) {
+      return MakeError(value.error().code, "{} (line {}): {}", where, line, value.error().context);
+    }
+    if (Status s = SetVmKey(vm, key, *value, &seen); !s.ok()) {
+      return MakeError(s.error().code, "{} (line {}): {}", where, line, s.error().context);
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
 Result<std::vector<VmOptions>> ParseConfigYaml(std::string_view text, const VmOptions& defaults,
                                                std::string_view source) {
   // yaml-cpp reports through exceptions; they stop here.
@@ -326,9 +415,21 @@ Result<std::vector<VmOptions>> ParseConfigYaml(std::string_view text, const VmOp
     if (!root.IsMap()) return MakeError(EINVAL, "{}: expected a map with a 'vms' list", source);
     for (const auto& kv : root) {
       std::string key = kv.first.as<std::string>();
-      if (key != "vms") {
-        return MakeError(EINVAL, "{}: unknown top-level key '{}' (expected 'vms')", source, key);
+      if (key != "vms" && key != "defaults") {
+        return MakeError(EINVAL,
+                         "{}: unknown top-level key '{}' at line {} (expected 'vms', "
+                         "'defaults')",
+                         source, key, kv.first.Mark().line + 1);
       }
+    }
+    VmOptions base = defaults;
+    if (YAML::Node d = root["defaults"]; d) {
+      if (!d.IsMap()) {
+        return MakeError(EINVAL, "{}: 'defaults' (line {}) must be a map of VM keys", source,
+                         d.Mark().line + 1);
+      }
+      VSOCKD_RETURN_IF_ERROR(
+          ApplyYamlMap(d, &base, fmt::format("{}: defaults", source), /*identity_allowed=*/false));
     }
     YAML::Node list = root["vms"];
     if (!list || !list.IsSequence() || list.size() == 0) {
@@ -341,29 +442,9 @@ Result<std::vector<VmOptions>> ParseConfigYaml(std::string_view text, const VmOp
         return MakeError(EINVAL, "{}: vms[{}] (line {}) is not a map", source, i,
                          entry.Mark().line + 1);
       }
-      VmOptions vm = defaults;
-      std::set<std::string> seen;
-      for (const auto& kv : entry) {
-        std::string key = kv.first.as<std::string>();
-        std::string value;
-        if (kv.second.IsScalar()) {
-          value = kv.second.as<std::string>();
-        } else if (kv.second.IsSequence() && NormalizeKey(key) == "groups") {
-          for (const auto& g : kv.second) {
-            if (!g.IsScalar()) {
-              return MakeError(EINVAL, "{}: vms[{}]: groups entries must be names", source, i);
-            }
-            value += (value.empty() ? "" : "+") + g.as<std::string>();
-          }
-        } else {
-          return MakeError(EINVAL, "{}: vms[{}] (line {}): '{}' must be a single value", source, i,
-                           kv.first.Mark().line + 1, key);
-        }
-        if (Status s = SetVmKey(&vm, key, value, &seen); !s.ok()) {
-          return MakeError(s.error().code, "{}: vms[{}] (line {}): {}", source, i,
-                           kv.first.Mark().line + 1, s.error().context);
-        }
-      }
+      VmOptions vm = base;
+      VSOCKD_RETURN_IF_ERROR(ApplyYamlMap(entry, &vm, fmt::format("{}: vms[{}]", source, i),
+                                          /*identity_allowed=*/true));
       if (Status s = ValidateVm(vm); !s.ok()) {
         return MakeError(s.error().code, "{}: vms[{}] (line {}): {}", source, i,
                          entry.Mark().line + 1, s.error().context);
@@ -451,6 +532,27 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
       ->check(CLI::Range(uint32_t{1}, kMaxConnectTimeoutMs).description(""));
   app.add_flag("--no-seqpacket", no_seqpacket,
                "do not offer SOCK_SEQPACKET to the guests (VIRTIO_VSOCK_F_SEQPACKET)");
+  // Budgets and policy (daemon/limit_keys.h): defaults for every VM; a --vm key or the
+  // config file's overrides them. Parsed after CLI11, by the same code as the --vm keys.
+  struct LimitFlag {
+    const char* key;
+    const char* type;
+    const char* help;
+    std::string value;
+  };
+  std::array<LimitFlag, 8> limit_flags{{
+      {"max-connections", "N", "per VM: connections, both directions (default 4096)", {}},
+      {"max-buffered-bytes", "SIZE", "per VM: guest data buffered in vsockd (default 32M)", {}},
+      {"max-host-fds", "N", "per VM: host sockets (default 4096, within its fd share)", {}},
+      {"connect-rate", "N", "per VM: new connections a second, 0 = no limit (default 2000)", {}},
+      {"connect-burst", "N", "per VM: connections at once above the rate (default 4000)", {}},
+      {"allow-host-ports", "PORTS", "guest -> host ports allowed (default any)", {}},
+      {"allow-guest-ports", "PORTS", "host -> guest ports allowed (default any)", {}},
+      {"allow-siblings", "RULES", "guest -> sibling CID:PORTS;... allowed (default any)", {}},
+  }};
+  for (LimitFlag& flag : limit_flags) {
+    app.add_option(fmt::format("--{}", flag.key), flag.value, flag.help)->type_name(flag.type);
+  }
   app.add_option("--ready-fd", o.ready_fd,
                  "write READY\\n to this descriptor once listening, then close it")
       ->type_name("FD")
@@ -490,6 +592,12 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   o.ok_reply = ok_reply == "guest-port" ? host::OkReply::kGuestPort : host::OkReply::kHostPort;
   o.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
   o.seqpacket = !no_seqpacket;  // before the VmOptions part becomes every VM's defaults
+  for (const LimitFlag& flag : limit_flags) {
+    if (flag.value.empty()) continue;
+    if (Status s = SetLimitKey(&o, flag.key, flag.value); !s.ok()) {
+      return fail(fmt::format("--{}", s.error().context));
+    }
+  }
   if (!ParseLogLevel(log_level, &o.log_level)) {
     return fail(fmt::format("unknown log level '{}'", log_level));
   }

@@ -19,6 +19,7 @@
 #include "base/log.h"
 #include "base/result.h"
 #include "host/unix_backend.h"
+#include "vsock/limits.h"
 
 namespace vsockd::daemon {
 
@@ -50,6 +51,11 @@ struct VmOptions {
   // sockets. --no-seqpacket turns it off for every VM (a guest then sees a device without
   // the feature, as with vhost-device-vsock builds that predate it).
   bool seqpacket = true;
+  vsock::VmBudget budget;
+  vsock::AccessPolicy policy;
+  // Whether max-host-fds was given for this VM (or as a default): explicit budgets must fit
+  // in the open-file limit as given; the others share what is left (daemon/fd_budget.h).
+  bool max_host_fds_explicit = false;
 };
 
 // The whole daemon. Its VmOptions part is the single-VM form (--socket, --guest-cid, ...)
@@ -86,12 +92,16 @@ Status ValidateGuestCid(uint64_t cid);
 
 // One --vm value ("guest-cid=4,socket=/run/vm4.sock,uds-path=/run/vm4.vsock,groups=a+b"),
 // starting from `defaults`. Keys: guest-cid, socket, uds-path, run-dir, tx-buffer-size,
-// queue-size, ok-reply, connect-timeout-ms, groups ('_' works for '-'). The VM is validated
+// queue-size, ok-reply, connect-timeout-ms, groups, and the budget and policy keys of
+// daemon/limit_keys.h ('_' works for '-'). The VM is validated
 // alone (ValidateVm); duplicates across VMs are ValidateVms' job.
 Result<VmOptions> ParseVmSpec(std::string_view spec, const VmOptions& defaults);
 
 // A --config file's text: YAML with a `vms:` list of maps with the --vm keys (numbers may be
-// YAML numbers; groups "a+b" or a YAML list). `source` names the file in errors.
+// YAML numbers; groups "a+b" or a YAML list; port lists a string or a YAML list; sibling
+// rules strings or {cid, ports} maps), and an optional `defaults:` map of the keys that are
+// not a VM's identity (every key but guest-cid, socket, uds-path), applied to every VM
+// before its own. Errors name the file, the key and its line. `source` names the file.
 Result<std::vector<VmOptions>> ParseConfigYaml(std::string_view text, const VmOptions& defaults,
                                                std::string_view source = "config");
 Result<std::vector<VmOptions>> LoadConfigFile(const std::string& path, const VmOptions& defaults);

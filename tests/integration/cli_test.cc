@@ -51,6 +51,36 @@ TEST(VsockdCliTest, UnknownFlagAndMissingSocketAreErrors) {
   EXPECT_NE(r.output.find("--socket"), std::string::npos) << r.output;
 }
 
+TEST(VsockdCliTest, BadBudgetOrPolicyInTheConfigExitsTwoNamingKeyAndLine) {
+  TempDir dir;
+  const std::string config = dir.File("vsockd.yaml");
+  std::ofstream(config) << "vms:\n"
+                           "  - guest_cid: 3\n"
+                           "    socket: "
+                        << dir.File("vm3.sock")
+                        << "\n"
+                           "    uds_path: "
+                        << dir.File("vm3.vsock")
+                        << "\n"
+                           "    max-connections: 100\n"
+                           "    allow-host-ports: [22, 1024-x]\n";
+  auto r = RunCommand(Vsockd() + " --config " + config);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("allow-host-ports"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("line 6"), std::string::npos) << r.output;
+  EXPECT_FALSE(UnixListening(dir.File("vm3.sock"))) << "nothing starts on a bad config";
+}
+
+TEST(VsockdCliTest, BudgetsThatExceedTheOpenFileLimitAreRefusedAtStart) {
+  TempDir dir;
+  // 5,000 explicit host fds cannot fit in a hard limit of 1,024.
+  auto r = RunCommand("prlimit --nofile=1024:1024 " + Vsockd() + " --socket " + dir.File("s") +
+                      " --uds-path " + dir.File("u") + " --max-host-fds 5000");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("open-file limit is 1024"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("max-host-fds"), std::string::npos) << r.output;
+}
+
 // The next message (or datagram) on `fd`, blocking; "" on EOF, error or timeout.
 std::string RecvMessage(int fd) {
   char buf[256];
