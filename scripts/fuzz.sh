@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Runs vsockd's libFuzzer targets (ASan+UBSan, clang) from the corpora kept in fuzz/corpus/,
+# and prints executions, coverage and findings per target.
+#
+# Usage: scripts/fuzz.sh [--time SECONDS | --runs N] [--target NAME]... [--parallel P]
+#                        [--update-corpus] [--no-build]
+#   --time S         run each target S seconds (default 60)
+#   --runs N         run each target N executions instead (a long campaign: --runs 10000000)
+#   --target NAME    only this target (repeatable); names: ls fuzz/corpus, or the *_fuzz
+#                    executables of build-fuzz/
+#   --parallel P     run P targets at once (default 1; each target is one process)
+#   --update-corpus  merge what the run found into fuzz/corpus/NAME, minimized (-merge=1)
+#   --no-build       use build-fuzz/ as it is
+# The repo's corpora are read, never written, unless --update-corpus. New inputs go to
+# build-fuzz/fuzz-work/NAME/, crashes to build-fuzz/fuzz-artifacts/NAME/. Exit code 1 if any
+# target found a crash, a leak, a timeout or undefined behaviour.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=60
+runs=""
+targets=()
+parallel=1
+update=0
+build=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --time) seconds="${2:?--time needs seconds}"; runs=""; shift 2 ;;
+    --runs) runs="${2:?--runs needs a count}"; shift 2 ;;
+    --target) targets+=("${2:?--target needs a name}"); shift 2 ;;
+    --parallel) parallel="${2:?--parallel needs a number}"; shift 2 ;;
+    --update-corpus) update=1; shift ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "fuzz.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [[ $build -eq 1 ]]; then
+  echo "==> building the fuzz targets (clang, libFuzzer, ASan+UBSan) in build-fuzz/"
+  CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DVSOCKD_FUZZ=ON -DVSOCKD_TESTS=OFF -DVSOCKD_BENCH=OFF -DVSOCKD_WERROR=ON >/dev/null
+  ninja -C build-fuzz -j"$(nproc)" >/dev/null
+fi
+
+mapfile -t all < <(find build-fuzz/src -maxdepth 2 -type f -name '*_fuzz' -perm -u+x | sort)
+if [[ ${#all[@]} -eq 0 ]]; then
+  echo "fuzz.sh: no fuzz targets in build-fuzz/ (build them first)" >&2
+  exit 1
+fi
+selected=()
+for f in "${all[@]}"; do
+  name=$(basename "$f")
+  if [[ ${#targets[@]} -eq 0 ]] || printf '%s\n' "${targets[@]}" | grep -qx "$name"; then
+    selected+=("$f")
+  fi
+done
+if [[ ${#selected[@]} -eq 0 ]]; then
+  echo "fuzz.sh: no target named ${targets[*]} (have: $(basename -a "${all[@]}" | tr '\n' ' '))" >&2
+  exit 2
+fi
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+work=build-fuzz/fuzz-work
+arts=build-fuzz/fuzz-artifacts
+logs=build-fuzz/fuzz-logs
+mkdir -p "$work" "$arts" "$logs"
+
+# run_one PATH: one target, its log in $logs/NAME.log, its status in $logs/NAME.rc.
+run_one() {
+  local f=$1 name
+  name=$(basename "$f")
+  mkdir -p "$work/$name" "$arts/$name" "fuzz/corpus/$name"
+  local limit=(-max_total_time="$seconds")
+  [[ -n "$runs" ]] && limit=(-runs="$runs")
+  local rc=0
+  # The work dir first (libFuzzer adds new inputs there), the repo corpus second (read only).
+  "$f" "${limit[@]}" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+    -artifact_prefix="$arts/$name/" "$work/$name" "fuzz/corpus/$name" >"$logs/$name.log" 2>&1 ||
+    rc=$?
+  echo "$rc" >"$logs/$name.rc"
+}
+
+running=0
+for f in "${selected[@]}"; do
+  run_one "$f" &
+  running=$((running + 1))
+  if [[ $running -ge $parallel ]]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait
+
+printf '\n%-28s %12s %9s %7s %8s %7s  %s\n' target executions exec/s cov features corpus result
+passed=0
+failed=0
+for f in "${selected[@]}"; do
+  name=$(basename "$f")
+  log="$logs/$name.log"
+  rc=$(cat "$logs/$name.rc")
+  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
+  speed=$(awk -F: '/stat::average_exec_per_sec/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
+  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+  ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+  corpus=$(find "$work/$name" "fuzz/corpus/$name" -type f | wc -l)
+  if [[ "$rc" == 0 ]]; then
+    result=ok
+    passed=$((passed + 1))
+  else
+    result="FOUND (exit $rc): $(grep -m1 -oE 'ERROR: [A-Za-z]+: [a-z-]+|runtime error: .*|ERROR: libFuzzer: [a-z-]+' "$log" || echo "see $log") -> $arts/$name/"
+    failed=$((failed + 1))
+  fi
+  printf '%-28s %12s %9s %7s %8s %7s  %s\n' "$name" "${execs:-?}" "${speed:-?}" "${cov:-?}" \
+    "${ft:-?}" "$corpus" "$result"
+  if [[ $update -eq 1 && "$rc" == 0 ]]; then
+    merged=$(mktemp -d)
+    "$f" -merge=1 -timeout=10 "$merged" "fuzz/corpus/$name" "$work/$name" >/dev/null 2>&1
+    rm -rf "fuzz/corpus/$name"
+    mv "$merged" "fuzz/corpus/$name"
+    chmod 755 "fuzz/corpus/$name"
+    echo "   corpus fuzz/corpus/$name: $(find "fuzz/corpus/$name" -type f | wc -l) inputs"
+  fi
+done
+echo "fuzz: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
