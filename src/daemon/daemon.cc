@@ -1,16 +1,21 @@
 #include "daemon/daemon.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <future>
 #include <system_error>
 #include <thread>
 
 #include "base/log.h"
+#include "daemon/fd_budget.h"
+#include "daemon/readiness.h"
 #include "host/device_connector.h"
 #include "host/sibling_router.h"
 #include "host/unix_backend.h"
@@ -137,6 +142,16 @@ class Vm {
     return OkStatus();
   }
 
+  const VmOptions& options() const { return options_; }
+
+  // New budgets and policy (Daemon::Reload); they apply to connections admitted from now on.
+  void UpdateLimits(const VmOptions& updated) {
+    options_.budget = updated.budget;
+    options_.policy = updated.policy;
+    options_.max_host_fds_explicit = updated.max_host_fds_explicit;
+    LOG_INFO("CID {}: budgets and policy reloaded (new connections)", options_.guest_cid);
+  }
+
   // On the VM's worker thread, or while its loop does not run.
   ~Vm() {
     // Siblings' posted connects find the VM gone from here on.
@@ -203,8 +218,9 @@ Status Daemon::Init(bool handle_signals) {
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     if (::pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) {
-      return MakeError(EINVAL, "blocking SIGINT/SIGTERM failed");
+      return MakeError(EINVAL, "blocking SIGINT/SIGTERM/SIGHUP failed");
     }
     signal_fd_ = Fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
     if (!signal_fd_) return ErrnoError("signalfd");
@@ -213,7 +229,8 @@ Status Daemon::Init(bool handle_signals) {
 
   size_t workers = options_.workers;
   if (workers == 0) workers = std::max(1u, std::thread::hardware_concurrency());
-  workers = std::min(workers, options_.vms.size());
+  // With a config file, VMs may come later (Reload): keep a worker per core for them.
+  if (options_.config_path.empty()) workers = std::min(workers, options_.vms.size());
   for (size_t i = 0; i < workers; ++i) {
     auto worker_loop = EventLoop::Create();
     if (!worker_loop.ok()) return worker_loop.take_error();
@@ -224,7 +241,8 @@ Status Daemon::Init(bool handle_signals) {
     auto vm =
         std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get());
     Status s = vm->Init();
-    vms_.push_back(std::move(vm));  // destroyed (sockets removed) with the daemon on failure
+    // Destroyed (sockets removed) with the daemon on failure.
+    vms_.push_back(VmSlot{std::move(vm), i % workers});
     if (!s.ok()) return s;
   }
   if (options_.vms.size() > 1) {
@@ -247,11 +265,132 @@ void Daemon::Run() {
     EventLoop* l = w.loop.get();
     w.thread = std::thread([l] { l->Run(); });
   }
+  workers_running_ = true;
   loop_->Run();
   for (auto& w : workers_) w.loop->Stop();
   for (auto& w : workers_) {
     if (w.thread.joinable()) w.thread.join();
   }
+  workers_running_ = false;
+}
+
+void Daemon::RunOnWorker(size_t index, const std::function<void()>& fn) {
+  if (!workers_running_) {
+    fn();
+    return;
+  }
+  // The workers stop only after the control loop (our caller) has returned, so the posted
+  // call always runs.
+  std::promise<void> done;
+  workers_[index].loop->Post([&] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+Status Daemon::AddVm(const VmOptions& options) {
+  std::vector<size_t> load(workers_.size(), 0);
+  for (const VmSlot& slot : vms_) ++load[slot.worker];
+  const size_t worker =
+      static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+  auto vm = std::make_unique<Vm>(options, workers_[worker].loop.get(), router_.get());
+  Status s;
+  RunOnWorker(worker, [&] {
+    s = vm->Init();
+    if (!s.ok()) vm.reset();  // removes what it created, on its thread
+  });
+  if (s.ok()) vms_.push_back(VmSlot{std::move(vm), worker});
+  return s;
+}
+
+void Daemon::RemoveVm(size_t i) {
+  VmSlot slot = std::move(vms_[i]);
+  vms_.erase(vms_.begin() + static_cast<std::ptrdiff_t>(i));
+  RunOnWorker(slot.worker, [&] { slot.vm.reset(); });
+}
+
+namespace {
+
+// Whether two VMs differ in anything but their budgets and policy (Reload then restarts it).
+bool SameVmExceptLimits(const VmOptions& a, const VmOptions& b) {
+  return a.socket_path == b.socket_path && a.guest_cid == b.guest_cid && a.uds_path == b.uds_path &&
+         a.run_dir == b.run_dir && a.tx_buffer_size == b.tx_buffer_size &&
+         a.queue_size == b.queue_size && a.ok_reply == b.ok_reply &&
+         a.connect_timeout == b.connect_timeout && a.groups == b.groups &&
+         a.seqpacket == b.seqpacket;
+}
+
+bool SameLimits(const VmOptions& a, const VmOptions& b) {
+  return a.budget == b.budget && a.policy == b.policy;
+}
+
+}  // namespace
+
+Status Daemon::Reload() {
+  if (options_.config_path.empty()) {
+    return MakeError(EINVAL, "reload: vsockd was not started with --config, nothing to re-read");
+  }
+  auto loaded = LoadConfigFile(options_.config_path, options_);
+  if (!loaded.ok()) {
+    return MakeError(loaded.error().code, "reload: {}; nothing changed", loaded.error().context);
+  }
+  std::vector<VmOptions> next = std::move(*loaded);
+  if (Status s = ValidateVms(next); !s.ok()) {
+    return MakeError(s.error().code, "reload: {}: {}; nothing changed", options_.config_path,
+                     s.error().context);
+  }
+  struct rlimit rl {};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  auto plan = PlanFdBudgets(rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : rl.rlim_cur, &next);
+  if (!plan.ok()) {
+    return MakeError(plan.error().code, "reload: {}; nothing changed", plan.error().context);
+  }
+
+  size_t removed = 0, restarted = 0, updated = 0, added = 0;
+  std::vector<const VmOptions*> to_start;
+  // Detach first: a restarted or new VM may reuse a path a detached one held.
+  for (size_t i = vms_.size(); i-- > 0;) {
+    const VmOptions& current = vms_[i].vm->options();
+    auto it = std::find_if(next.begin(), next.end(),
+                           [&](const VmOptions& n) { return n.guest_cid == current.guest_cid; });
+    if (it == next.end()) {
+      LOG_INFO("reload: CID {} is no longer configured: detaching it", current.guest_cid);
+      RemoveVm(i);
+      ++removed;
+    } else if (!SameVmExceptLimits(current, *it)) {
+      LOG_INFO("reload: CID {} changed: restarting it with its new settings", current.guest_cid);
+      RemoveVm(i);
+      to_start.push_back(&*it);
+      ++restarted;
+    } else if (!SameLimits(current, *it)) {
+      RunOnWorker(vms_[i].worker, [&] { vms_[i].vm->UpdateLimits(*it); });
+      ++updated;
+    }
+  }
+  for (const VmOptions& n : next) {
+    const bool running = std::any_of(vms_.begin(), vms_.end(), [&](const VmSlot& slot) {
+      return slot.vm->options().guest_cid == n.guest_cid;
+    });
+    const bool restarting = std::find(to_start.begin(), to_start.end(), &n) != to_start.end();
+    if (!running && !restarting) {
+      to_start.push_back(&n);
+      ++added;
+    }
+  }
+  Status result;
+  for (const VmOptions* n : to_start) {
+    if (Status s = AddVm(*n); !s.ok()) {
+      LOG_ERROR("reload: CID {} could not start: {}", n->guest_cid, s.error().ToString());
+      if (result.ok())
+        result = MakeError(s.error().code, "reload: CID {}: {}", n->guest_cid, s.error().context);
+    }
+  }
+  options_.vms.clear();
+  for (const VmSlot& slot : vms_) options_.vms.push_back(slot.vm->options());
+  LOG_INFO("reload: {}: {} VM(s) now; {} added, {} removed, {} restarted, {} with new limits",
+           options_.config_path, vms_.size(), added, removed, restarted, updated);
+  return result;
 }
 
 void Daemon::Stop() { loop_->Stop(); }
@@ -262,6 +401,13 @@ void Daemon::OnSignal() {
     ssize_t n = ::read(signal_fd_.get(), &info, sizeof info);
     if (n < 0 && errno == EINTR) continue;
     if (n != static_cast<ssize_t>(sizeof info)) return;
+    if (info.ssi_signo == SIGHUP) {
+      LOG_INFO("received SIGHUP, reloading {}", options_.config_path);
+      (void)NotifySystemd("RELOADING=1");
+      if (Status s = Reload(); !s.ok()) LOG_ERROR("{}", s.error().ToString());
+      (void)NotifySystemd("READY=1");
+      continue;
+    }
     LOG_INFO("received {}, shutting down", info.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
     loop_->Stop();
   }

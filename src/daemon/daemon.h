@@ -22,6 +22,7 @@
 
 #include <sys/types.h>
 
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -62,6 +63,22 @@ class Daemon {
   // Thread-safe and async-signal-safe.
   void Stop();
 
+  // Reads the --config file again and applies it (SIGHUP calls it; so may a control
+  // interface). VMs are matched by CID:
+  //  - a VM no longer in the file is detached: its guest's connections are reset (host peers
+  //    see EOF), its socket files removed;
+  //  - a VM new in the file starts listening (on the least loaded worker);
+  //  - a VM whose budgets or policy changed keeps running; the new values apply to new
+  //    connections (open ones keep what they were admitted with);
+  //  - a VM any of whose other keys changed (sockets, paths, buffer sizes, groups...) is
+  //    detached and started again with them: its guest sees a device reset;
+  //  - every other VM is not touched (its transfers go on byte-exact).
+  // A file that does not parse or validate, or whose budgets do not fit the open-file limit,
+  // changes nothing (the error says why). A new VM that cannot start (say, its socket's
+  // directory is missing) is reported and left out; the rest of the file applies.
+  // Thread: the control loop's (the one that calls Run()), or before Run().
+  Status Reload();
+
   // The control loop (signals).
   EventLoop* loop() { return loop_.get(); }
   size_t vm_count() const { return vms_.size(); }
@@ -72,6 +89,12 @@ class Daemon {
   explicit Daemon(Options options);
   Status Init(bool handle_signals);
   void OnSignal();
+  // Runs `fn` on worker `index`'s thread and waits for it (directly when no worker runs).
+  void RunOnWorker(size_t index, const std::function<void()>& fn);
+  // Creates and starts a VM on the least loaded worker; kept in vms_ only if it started.
+  Status AddVm(const VmOptions& vm);
+  // Detaches vms_[i] on its worker and forgets it.
+  void RemoveVm(size_t i);
 
   struct Worker {
     std::unique_ptr<EventLoop> loop;
@@ -85,7 +108,12 @@ class Daemon {
   // loop), then the router, then the workers' loops.
   std::vector<Worker> workers_;
   std::unique_ptr<host::SiblingRouter> router_;
-  std::vector<std::unique_ptr<Vm>> vms_;
+  struct VmSlot {
+    std::unique_ptr<Vm> vm;
+    size_t worker = 0;
+  };
+  std::vector<VmSlot> vms_;
+  bool workers_running_ = false;  // between Run()'s start of the workers and their join
 };
 
 }  // namespace vsockd::daemon

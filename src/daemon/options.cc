@@ -81,7 +81,8 @@ constexpr const char* kFooter =
     "  # guest -> host port 52: listen on /tmp/vm3.vsock_52\n"
     "Guest memory must be shared with vsockd (memfd or file backend with share=on).\n"
     "Start QEMU once vsockd is ready: --ready-fd, or systemd Type=notify (NOTIFY_SOCKET).\n"
-    "SIGINT/SIGTERM stop vsockd cleanly and remove the sockets it created.";
+    "SIGINT/SIGTERM stop vsockd cleanly and remove the sockets it created. SIGHUP re-reads\n"
+    "--config FILE: VMs added, removed or changed apply at once, the others are untouched.";
 
 std::string UsageError(const std::string& message) {
   return fmt::format("vsockd: error: {}\nRun 'vsockd --help' for usage.\n", message);
@@ -618,6 +619,7 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
     // The VmOptions part holds the global defaults; the single-VM fields stay unset.
     VmOptions defaults = o;
     if (!config_path.empty()) {
+      o.config_path = config_path;
       auto vms = LoadConfigFile(config_path, defaults);
       if (!vms.ok()) return fail(fmt::format("--config: {}", vms.error().context));
       o.vms = std::move(*vms);

@@ -71,6 +71,9 @@ struct Options : VmOptions {
   // --ready-fd: write "READY\n" to this descriptor once every socket listens, then close it
   // (daemon/readiness.h). -1: none.
   int ready_fd = -1;
+  // --config FILE: `vms` came from it, and SIGHUP (Daemon::Reload) reads it again, with the
+  // VmOptions part as every VM's defaults. Empty: --vm or the single-VM form (no reload).
+  std::string config_path;
 };
 
 // What main() should do after parsing.
