@@ -100,8 +100,8 @@ for f in "${selected[@]}"; do
   name=$(basename "$f")
   log="$logs/$name.log"
   rc=$(cat "$logs/$name.rc")
-  execs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
-  speed=$(awk -F: '/stat::average_exec_per_sec/ {gsub(/ /, "", $2); print $2}' "$log" | tail -1)
+  execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log" | tail -1)
+  speed=$(awk '/stat::average_exec_per_sec/ {print $NF}' "$log" | tail -1)
   cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | awk '{print $2}')
   ft=$(grep -oE 'ft: [0-9]+' "$log" | tail -1 | awk '{print $2}')
   corpus=$(find "$work/$name" "fuzz/corpus/$name" -type f | wc -l)

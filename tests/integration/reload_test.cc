@@ -138,7 +138,7 @@ TEST_F(ReloadTest, VmsComeAndGoWhileAnUnchangedVmsTransferGoesOnByteExact) {
   ASSERT_TRUE(fd.ok()) << fd.error().ToString() << "\n" << proc_.Log();
   SetSocketTimeouts(fd->get(), 30s);
   const std::vector<uint8_t> data = PatternBytes(32u << 20, 42);
-  std::thread writer([&] {
+  std::jthread writer([&] {  // joined on any exit, even a failed ASSERT
     size_t off = 0;
     while (off < data.size()) {
       size_t n = std::min<size_t>(64 * 1024, data.size() - off);
