@@ -24,6 +24,8 @@ scripts/install-deps.sh --test
 # whole suite.
 export VSOCKD_REQUIRE_QEMU=1
 export VSOCKD_REQUIRE_VM=1
+# The metrics test checks vsockd's output with Prometheus's promtool (scripts/promtool.sh).
+export VSOCKD_REQUIRE_PROMTOOL=1
 
 step "build (RelWithDebInfo) in build/"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
@@ -47,13 +49,13 @@ step "ThreadSanitizer build in build-tsan/: the daemon's worker threads and sibl
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVSOCKD_TSAN=ON \
   -DVSOCKD_BENCH=OFF >/dev/null
 ninja -C build-tsan -j"$jobs" vsockd vguest base_test host_test daemon_test integration_test \
-  multi_vm_test reload_test
-step "tests (ThreadSanitizer): event loop, sibling router, daemon, integration, several VMs, reload"
+  multi_vm_test reload_test observe_test vsockctl
+step "tests (ThreadSanitizer): event loop, sibling router, daemon, integration, several VMs, reload, control"
 # halt_on_error: a race in vsockd (a subprocess of the integration tests) kills it, and the
 # test that drove it fails.
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --test-dir build-tsan --output-on-failure -j"$jobs" \
-  -R '^(base_test|host_test|daemon_test|integration_test|multi_vm_test|reload_test)$'
+  -R '^(base_test|host_test|daemon_test|integration_test|multi_vm_test|reload_test|observe_test)$'
 
 step "fuzz targets (clang, libFuzzer) in build-fuzz/, ${fuzz_seconds}s each from fuzz/corpus/"
 scripts/fuzz.sh --time "$fuzz_seconds"

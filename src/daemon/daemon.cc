@@ -14,8 +14,11 @@
 #include <thread>
 
 #include "base/log.h"
+#include "daemon/control.h"
 #include "daemon/fd_budget.h"
+#include "daemon/metrics.h"
 #include "daemon/readiness.h"
+#include "daemon/request_server.h"
 #include "host/device_connector.h"
 #include "host/sibling_router.h"
 #include "host/unix_backend.h"
@@ -144,6 +147,33 @@ class Vm {
 
   const VmOptions& options() const { return options_; }
 
+  // On the VM's worker thread (or while its loop does not run).
+  VmStatus Report() const {
+    VmStatus st;
+    st.cid = options_.guest_cid;
+    st.socket_path = options_.socket_path;
+    st.uds_path = options_.uds_path;
+    st.run_dir = options_.run_dir;
+    st.groups = options_.groups;
+    st.buf_alloc = options_.tx_buffer_size;
+    st.budget = options_.budget;
+    st.policy = options_.policy;
+    if (vhost_) {
+      st.attached = vhost_->connected();
+      st.sessions = vhost_->sessions();
+      st.acked_features = vhost_->acked_features();
+      st.rx_queue_size = vhost_->queue_size(0);
+      st.tx_queue_size = vhost_->queue_size(1);
+      st.rx_running = vhost_->queue_running(0);
+      st.tx_running = vhost_->queue_running(1);
+    }
+    if (device_) {
+      st.seqpacket = device_->seqpacket_negotiated();
+      st.stats = device_->stats();
+    }
+    return st;
+  }
+
   // New budgets and policy (Daemon::Reload); they apply to connections admitted from now on.
   void UpdateLimits(const VmOptions& updated) {
     options_.budget = updated.budget;
@@ -245,14 +275,55 @@ Status Daemon::Init(bool handle_signals) {
     vms_.push_back(VmSlot{std::move(vm), i % workers});
     if (!s.ok()) return s;
   }
+  VSOCKD_RETURN_IF_ERROR(StartControlAndMetrics());
   if (options_.vms.size() > 1) {
     LOG_INFO("{} VMs on {} worker thread{}", options_.vms.size(), workers, workers == 1 ? "" : "s");
   }
   return OkStatus();
 }
 
+Status Daemon::StartControlAndMetrics() {
+  if (!options_.control_path.empty()) {
+    auto fd = ListenEndpoint("unix:" + options_.control_path, 0600);
+    if (!fd.ok()) {
+      return MakeError(fd.error().code, "control socket (--control): {}", fd.error().context);
+    }
+    control_file_ = true;
+    ControlHooks hooks{[this] { return Snapshot(); }, [this] { return Reload(); }};
+    control_ = std::make_unique<RequestServer>(
+        loop_.get(), std::move(*fd),
+        [hooks](std::string_view line) { return HandleControlRequest(line, hooks); },
+        RequestServer::Options{});
+    VSOCKD_RETURN_IF_ERROR(control_->Start());
+    LOG_INFO("control socket '{}' (vsockctl --socket {})", options_.control_path,
+             options_.control_path);
+  }
+  if (!options_.metrics_listen.empty()) {
+    auto fd = ListenEndpoint(options_.metrics_listen, 0660);
+    if (!fd.ok()) {
+      return MakeError(fd.error().code, "metrics (--metrics-listen): {}", fd.error().context);
+    }
+    RequestServer::Options http;
+    http.delimiter = "\r\n\r\n";
+    http.close_after_reply = true;
+    http.max_request = 8192;
+    metrics_ = std::make_unique<RequestServer>(
+        loop_.get(), std::move(*fd),
+        [this](std::string_view request) {
+          return HandleMetricsHttp(request, [this] { return RenderMetrics(Snapshot()); });
+        },
+        http);
+    VSOCKD_RETURN_IF_ERROR(metrics_->Start());
+    LOG_INFO("Prometheus metrics on {} (/metrics)", options_.metrics_listen);
+  }
+  return OkStatus();
+}
+
 Daemon::~Daemon() {
   // No worker runs here (Run() joined them): everything is torn down from this thread.
+  control_.reset();
+  metrics_.reset();
+  if (control_file_) ::unlink(options_.control_path.c_str());
   vms_.clear();
   router_.reset();
   workers_.clear();
@@ -327,7 +398,34 @@ bool SameLimits(const VmOptions& a, const VmOptions& b) {
 
 }  // namespace
 
+DaemonStatus Daemon::Snapshot() {
+  DaemonStatus st;
+  st.version = VersionString();
+  st.uptime_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+  st.workers = workers_.size();
+  st.config_path = options_.config_path;
+  st.reloads = reloads_;
+  st.reload_failures = reload_failures_;
+  for (const VmSlot& slot : vms_) {
+    VmStatus vm;
+    RunOnWorker(slot.worker, [&] { vm = slot.vm->Report(); });
+    vm.worker = slot.worker;
+    st.vms.push_back(std::move(vm));
+  }
+  std::sort(st.vms.begin(), st.vms.end(),
+            [](const VmStatus& a, const VmStatus& b) { return a.cid < b.cid; });
+  return st;
+}
+
 Status Daemon::Reload() {
+  ++reloads_;
+  Status s = ApplyConfigFile();
+  if (!s.ok()) ++reload_failures_;
+  return s;
+}
+
+Status Daemon::ApplyConfigFile() {
   if (options_.config_path.empty()) {
     return MakeError(EINVAL, "reload: vsockd was not started with --config, nothing to re-read");
   }

@@ -22,6 +22,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <thread>
@@ -31,6 +32,7 @@
 #include "base/fd.h"
 #include "base/result.h"
 #include "daemon/options.h"
+#include "daemon/status.h"
 
 namespace vsockd::vsock {
 class Device;
@@ -45,6 +47,7 @@ class SiblingRouter;
 namespace vsockd::daemon {
 
 class Vm;
+class RequestServer;
 
 class Daemon {
  public:
@@ -79,6 +82,10 @@ class Daemon {
   // Thread: the control loop's (the one that calls Run()), or before Run().
   Status Reload();
 
+  // What every VM is doing, copied on each VM's worker (no lock on the data path).
+  // Thread: the control loop's, or before Run().
+  DaemonStatus Snapshot();
+
   // The control loop (signals).
   EventLoop* loop() { return loop_.get(); }
   size_t vm_count() const { return vms_.size(); }
@@ -95,6 +102,9 @@ class Daemon {
   Status AddVm(const VmOptions& vm);
   // Detaches vms_[i] on its worker and forgets it.
   void RemoveVm(size_t i);
+  // Reload() without its counting.
+  Status ApplyConfigFile();
+  Status StartControlAndMetrics();
 
   struct Worker {
     std::unique_ptr<EventLoop> loop;
@@ -114,6 +124,13 @@ class Daemon {
   };
   std::vector<VmSlot> vms_;
   bool workers_running_ = false;  // between Run()'s start of the workers and their join
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  uint64_t reloads_ = 0;
+  uint64_t reload_failures_ = 0;
+  // On the control loop; destroyed before it.
+  std::unique_ptr<RequestServer> control_;
+  std::unique_ptr<RequestServer> metrics_;
+  bool control_file_ = false;  // we created options_.control_path
 };
 
 }  // namespace vsockd::daemon

@@ -554,6 +554,12 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   for (LimitFlag& flag : limit_flags) {
     app.add_option(fmt::format("--{}", flag.key), flag.value, flag.help)->type_name(flag.type);
   }
+  app.add_option("--control", o.control_path,
+                 "control socket for vsockctl (created mode 0600; off by default)")
+      ->type_name("PATH");
+  app.add_option("--metrics-listen", o.metrics_listen,
+                 "serve Prometheus metrics at /metrics on unix:PATH or ADDR:PORT")
+      ->type_name("ENDPOINT");
   app.add_option("--ready-fd", o.ready_fd,
                  "write READY\\n to this descriptor once listening, then close it")
       ->type_name("FD")

@@ -74,6 +74,10 @@ struct Options : VmOptions {
   // --config FILE: `vms` came from it, and SIGHUP (Daemon::Reload) reads it again, with the
   // VmOptions part as every VM's defaults. Empty: --vm or the single-VM form (no reload).
   std::string config_path;
+  // --control PATH: the control socket (daemon/control.h, vsockctl). Empty: off.
+  std::string control_path;
+  // --metrics-listen unix:PATH|ADDR:PORT: Prometheus metrics (daemon/metrics.h). Empty: off.
+  std::string metrics_listen;
 };
 
 // What main() should do after parsing.

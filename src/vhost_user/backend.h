@@ -74,6 +74,13 @@ class Backend {
   uint64_t acked_features() const { return acked_features_; }
   uint64_t acked_protocol_features() const { return protocol_features_; }
   uint64_t sessions() const { return sessions_; }
+  // A vring's size as the frontend set it (0: not set, or no such vring) and whether it runs.
+  uint32_t queue_size(uint32_t index) const {
+    return index < vrings_.size() ? vrings_[index]->num : 0;
+  }
+  bool queue_running(uint32_t index) const {
+    return index < vrings_.size() && vrings_[index]->running;
+  }
 
  private:
   struct Vring {

@@ -160,8 +160,10 @@ std::string GuardedCommand(const std::string& built_binary) {
   return ShellLine({GuardBinary(), BuiltBinary(built_binary)});
 }
 
-std::string SeedProgram(const std::string& name) {
-  return std::string(VSOCKD_SOURCE_DIR) + "/tests/seed/" + name;
+std::string SeedProgram(const std::string& name) { return SourceFile("tests/seed/" + name); }
+
+std::string SourceFile(const std::string& relative) {
+  return std::string(VSOCKD_SOURCE_DIR) + "/" + relative;
 }
 
 std::string ShellLine(const std::vector<std::string>& argv) {

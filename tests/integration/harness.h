@@ -164,6 +164,8 @@ std::vector<std::string> Guarded(std::vector<std::string> argv);
 std::string GuardedCommand(const std::string& built_binary);
 // A seed program's path (tests/seed/NAME). Needs VSOCKD_SOURCE_DIR (set for the harness).
 std::string SeedProgram(const std::string& name);
+// A file of the source tree ("scripts/promtool.sh"). Needs VSOCKD_SOURCE_DIR too.
+std::string SourceFile(const std::string& relative);
 // Quotes argv for /bin/sh (single quotes, ' as '\'').
 std::string ShellLine(const std::vector<std::string>& argv);
 

@@ -1,0 +1,109 @@
+#include "daemon/control.h"
+
+#include <nlohmann/json.hpp>
+
+namespace vsockd::daemon {
+namespace {
+
+using nlohmann::json;
+
+json PortsJson(const vsock::PortSet& set) { return set.ToString(); }
+
+json VmJson(const VmStatus& vm) {
+  json siblings = json::array();
+  for (const auto& rule : vm.policy.siblings) siblings.push_back(rule.ToString());
+  return json{
+      {"cid", vm.cid},
+      {"socket", vm.socket_path},
+      {"uds_path", vm.uds_path},
+      {"run_dir", vm.run_dir},
+      {"groups", vm.groups},
+      {"worker", vm.worker},
+      {"attached", vm.attached},
+      {"sessions", vm.sessions},
+      {"acked_features", vm.acked_features},
+      {"seqpacket", vm.seqpacket},
+      {"queues",
+       {{"rx", {{"size", vm.rx_queue_size}, {"running", vm.rx_running}}},
+        {"tx", {{"size", vm.tx_queue_size}, {"running", vm.tx_running}}}}},
+      {"buf_alloc", vm.buf_alloc},
+      {"budget",
+       {{"max_connections", vm.budget.max_connections},
+        {"max_buffered_bytes", vm.budget.max_buffered_bytes},
+        {"max_host_fds", vm.budget.max_host_fds},
+        {"connect_rate", vm.budget.connect_rate},
+        {"connect_burst", vm.budget.connect_burst}}},
+      {"policy",
+       {{"allow_host_ports", PortsJson(vm.policy.host_ports)},
+        {"allow_guest_ports", PortsJson(vm.policy.guest_ports)},
+        {"allow_siblings", siblings}}},
+      {"use",
+       {{"connections", vm.stats.connections_active}, {"buffered_bytes", vm.stats.buffered_bytes}}},
+  };
+}
+
+json StatsJson(const VmStatus& vm) {
+  const vsock::DeviceStats& s = vm.stats;
+  return json{{"cid", vm.cid},
+              {"attached", vm.attached},
+              {"tx_packets", s.tx_packets},
+              {"rx_packets", s.rx_packets},
+              {"tx_bytes", s.tx_bytes},
+              {"rx_bytes", s.rx_bytes},
+              {"dropped_packets", s.dropped_packets},
+              {"rst_sent", s.rst_sent},
+              {"connections_opened", s.connections_opened},
+              {"connections_active", s.connections_active},
+              {"buffered_bytes", s.buffered_bytes}};
+}
+
+std::string Answer(const json& j) { return j.dump() + "\n"; }
+std::string Fail(const std::string& why) { return Answer(json{{"ok", false}, {"error", why}}); }
+
+}  // namespace
+
+std::string HandleControlRequest(std::string_view line, const ControlHooks& hooks) {
+  json req = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (req.is_discarded() || !req.is_object()) {
+    return Fail("not a JSON object (send {\"cmd\": \"vms\"} and a newline)");
+  }
+  auto cmd_it = req.find("cmd");
+  if (cmd_it == req.end() || !cmd_it->is_string()) return Fail("missing \"cmd\"");
+  const std::string cmd = cmd_it->get<std::string>();
+  bool one_vm = false;
+  uint64_t cid = 0;
+  if (auto c = req.find("cid"); c != req.end()) {
+    if (!c->is_number_unsigned()) return Fail("\"cid\" must be a CID number");
+    one_vm = true;
+    cid = c->get<uint64_t>();
+  }
+  if (cmd == "version") {
+    DaemonStatus st = hooks.snapshot();
+    return Answer(json{{"ok", true}, {"version", st.version}});
+  }
+  if (cmd == "vms" || cmd == "stats") {
+    DaemonStatus st = hooks.snapshot();
+    json list = json::array();
+    for (const VmStatus& vm : st.vms) {
+      if (one_vm && vm.cid != cid) continue;
+      list.push_back(cmd == "vms" ? VmJson(vm) : StatsJson(vm));
+    }
+    if (one_vm && list.empty()) return Fail("no VM with CID " + std::to_string(cid));
+    json out{{"ok", true}, {"vms", list}};
+    if (cmd == "stats") {
+      out["uptime_seconds"] = st.uptime_seconds;
+      out["workers"] = st.workers;
+      out["reloads"] = st.reloads;
+      out["reload_failures"] = st.reload_failures;
+    }
+    return Answer(out);
+  }
+  if (cmd == "reload") {
+    Status s = hooks.reload();
+    if (!s.ok()) return Fail(s.error().context);
+    return Answer(json{{"ok", true}});
+  }
+  return Fail("unknown command '" + cmd + "' (version, vms, stats, reload)");
+}
+
+}  // namespace vsockd::daemon

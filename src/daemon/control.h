@@ -1,0 +1,30 @@
+// vsockd's control protocol: one JSON object per line each way, over the Unix socket of
+// `--control PATH` (off by default; the socket file is created mode 0600, so only vsockd's
+// own user, usually root, may use it). vsockctl is its client; docs/CONTROL.md documents it.
+//
+// Requests: {"cmd": "version" | "vms" | "stats" | "reload"} (an optional "cid": N narrows
+// vms/stats to one VM). Every answer has "ok": true plus the command's fields, or "ok": false
+// and "error": "why". Unknown commands and malformed lines get an error answer; the
+// connection stays usable.
+// Callers: daemon/daemon.cc (HandleControlRequest with the daemon's hooks), vsockctl (the
+// JSON field names). Threading: the control loop's thread.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "base/result.h"
+#include "daemon/status.h"
+
+namespace vsockd::daemon {
+
+struct ControlHooks {
+  std::function<DaemonStatus()> snapshot;
+  std::function<Status()> reload;
+};
+
+// Answers one request line (without its '\n'); the answer ends with '\n'.
+std::string HandleControlRequest(std::string_view line, const ControlHooks& hooks);
+
+}  // namespace vsockd::daemon

@@ -1,0 +1,127 @@
+// The control protocol (control.h) and the metrics rendering (metrics.h) on a made-up status.
+#include "daemon/control.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/metrics.h"
+
+namespace vsockd::daemon {
+namespace {
+
+using nlohmann::json;
+
+DaemonStatus TwoVms() {
+  DaemonStatus st;
+  st.version = "vsockd 9.9";
+  st.workers = 2;
+  st.reloads = 3;
+  st.reload_failures = 1;
+  for (uint64_t cid : {3, 4}) {
+    VmStatus vm;
+    vm.cid = cid;
+    vm.socket_path = "/run/vm" + std::to_string(cid) + ".sock";
+    vm.uds_path = "/run/vm\"" + std::to_string(cid) + ".vsock";  // a quote to escape
+    vm.attached = cid == 3;
+    vm.sessions = cid;
+    vm.rx_queue_size = 256;
+    vm.tx_queue_size = 128;
+    vm.stats.tx_packets = 10 * cid;
+    vm.stats.tx_bytes = 1000 * cid;
+    vm.stats.connections_active = cid;
+    vm.policy.host_ports = *vsock::PortSet::Parse("22,80");
+    st.vms.push_back(vm);
+  }
+  return st;
+}
+
+ControlHooks Hooks(int* reloads, const Status& reload_result = OkStatus()) {
+  return ControlHooks{[] { return TwoVms(); },
+                      [reloads, reload_result] {
+                        ++*reloads;
+                        return reload_result;
+                      }};
+}
+
+json Ask(const std::string& line, const ControlHooks& hooks) {
+  std::string answer = HandleControlRequest(line, hooks);
+  EXPECT_EQ(answer.back(), '\n');
+  EXPECT_EQ(answer.find('\n'), answer.size() - 1) << "one line per answer";
+  return json::parse(answer);
+}
+
+TEST(ControlTest, VmsAndStats) {
+  int reloads = 0;
+  json vms = Ask(R"({"cmd":"vms"})", Hooks(&reloads));
+  ASSERT_TRUE(vms["ok"].get<bool>()) << vms.dump();
+  ASSERT_EQ(vms["vms"].size(), 2u);
+  EXPECT_EQ(vms["vms"][0]["cid"], 3);
+  EXPECT_EQ(vms["vms"][0]["attached"], true);
+  EXPECT_EQ(vms["vms"][0]["queues"]["rx"]["size"], 256);
+  EXPECT_EQ(vms["vms"][0]["policy"]["allow_host_ports"], "22,80");
+  EXPECT_EQ(vms["vms"][1]["use"]["connections"], 4);
+
+  json one = Ask(R"({"cmd":"stats","cid":4})", Hooks(&reloads));
+  ASSERT_TRUE(one["ok"].get<bool>());
+  ASSERT_EQ(one["vms"].size(), 1u);
+  EXPECT_EQ(one["vms"][0]["tx_bytes"], 4000);
+  EXPECT_EQ(one["reloads"], 3);
+  EXPECT_EQ(reloads, 0);
+}
+
+TEST(ControlTest, ReloadReportsItsOutcome) {
+  int reloads = 0;
+  EXPECT_TRUE(Ask(R"({"cmd":"reload"})", Hooks(&reloads))["ok"].get<bool>());
+  json bad = Ask(R"({"cmd":"reload"})", Hooks(&reloads, MakeError(EINVAL, "bad file, line 3")));
+  EXPECT_FALSE(bad["ok"].get<bool>());
+  EXPECT_EQ(bad["error"], "bad file, line 3");
+  EXPECT_EQ(reloads, 2);
+}
+
+TEST(ControlTest, BadRequestsGetAnErrorAnswer) {
+  int reloads = 0;
+  for (const char* line : {"", "nonsense", "[1,2]", R"({"cmd":5})", R"({"cmd":"explode"})",
+                           R"({"cmd":"vms","cid":-1})", R"({"cmd":"vms","cid":99})", "{\"cmd\""}) {
+    json answer = Ask(line, Hooks(&reloads));
+    EXPECT_FALSE(answer["ok"].get<bool>()) << line;
+    EXPECT_TRUE(answer["error"].is_string()) << line;
+  }
+  EXPECT_EQ(reloads, 0);
+}
+
+TEST(MetricsTest, ExpositionFormatWithOneFamilyEach) {
+  std::string text = RenderMetrics(TwoVms());
+  EXPECT_NE(text.find("# TYPE vsockd_packets_total counter\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("vsockd_packets_total{cid=\"4\",direction=\"guest_to_host\"} 40\n"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("vsockd_vm_attached{cid=\"3\"} 1\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("vsockd_vm_attached{cid=\"4\"} 0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("uds_path=\"/run/vm\\\"3.vsock\""), std::string::npos) << "escaped quote";
+  EXPECT_NE(text.find("vsockd_reload_failures_total 1\n"), std::string::npos) << text;
+  // Every family is declared once.
+  size_t types = 0;
+  for (size_t at = text.find("# TYPE vsockd_connections "); at != std::string::npos;
+       at = text.find("# TYPE vsockd_connections ", at + 1)) {
+    ++types;
+  }
+  EXPECT_EQ(types, 1u);
+}
+
+TEST(MetricsTest, HttpAnswersGetOfMetricsOnly) {
+  auto render = [] { return std::string("x 1\n"); };
+  std::string ok = HandleMetricsHttp("GET /metrics HTTP/1.1\r\nHost: a", render);
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << ok;
+  EXPECT_NE(ok.find("Content-Length: 4\r\n"), std::string::npos) << ok;
+  EXPECT_NE(ok.find("text/plain; version=0.0.4"), std::string::npos) << ok;
+  EXPECT_EQ(ok.substr(ok.size() - 4), "x 1\n");
+  std::string head = HandleMetricsHttp("HEAD /metrics HTTP/1.0", render);
+  EXPECT_EQ(head.substr(head.size() - 4), "\r\n\r\n") << "no body for HEAD";
+  EXPECT_EQ(HandleMetricsHttp("GET / HTTP/1.1", render).rfind("HTTP/1.1 404", 0), 0u);
+  EXPECT_EQ(HandleMetricsHttp("POST /metrics HTTP/1.1", render).rfind("HTTP/1.1 405", 0), 0u);
+  EXPECT_EQ(HandleMetricsHttp("garbage", render).rfind("HTTP/1.1 405", 0), 0u);
+}
+
+}  // namespace
+}  // namespace vsockd::daemon

@@ -1,0 +1,158 @@
+// vsockctl: asks a running vsockd what it is doing, over its control socket (--control).
+//
+//   vsockctl [--socket PATH] [--json] vms [CID]      the VMs: attached, queues, budgets in use
+//   vsockctl [--socket PATH] [--json] stats [CID]    packets, bytes, connections per VM
+//   vsockctl [--socket PATH] reload                  re-read vsockd's --config file
+//   vsockctl [--socket PATH] version
+// The protocol (one JSON object per line) is daemon/control.h's; --json prints vsockd's
+// answer as it came. Exit codes: 0 ok, 1 vsockd answered an error or could not be reached,
+// 2 usage.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "base/run_main.h"
+#include "base/unix_socket.h"
+
+namespace {
+
+using nlohmann::json;
+using namespace vsockd;
+
+constexpr const char* kDefaultSocket = "/run/vsockd/control.sock";
+
+// Sends one request line and reads one answer line.
+Result<json> Ask(const std::string& socket, const json& request) {
+  auto fd = ConnectUnix(socket);
+  if (!fd.ok()) {
+    return MakeError(fd.error().code,
+                     "cannot reach vsockd's control socket '{}' ({}): is vsockd running with "
+                     "--control {}?",
+                     socket, fd.error().ToString(), socket);
+  }
+  std::string line = request.dump() + "\n";
+  for (size_t off = 0; off < line.size();) {
+    ssize_t n = ::write(fd->get(), line.data() + off, line.size() - off);
+    if (n <= 0) return ErrnoError("write to '{}'", socket);
+    off += static_cast<size_t>(n);
+  }
+  std::string answer;
+  char buf[65536];
+  while (answer.find('\n') == std::string::npos) {
+    ssize_t n = ::read(fd->get(), buf, sizeof buf);
+    if (n < 0) return ErrnoError("read from '{}'", socket);
+    if (n == 0) return MakeError(EPROTO, "vsockd closed the control connection without answering");
+    answer.append(buf, static_cast<size_t>(n));
+  }
+  json j = json::parse(answer.substr(0, answer.find('\n')), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return MakeError(EPROTO, "vsockd's answer is not JSON");
+  return j;
+}
+
+std::string Size(uint64_t bytes) {
+  if (bytes >= (1ull << 30) && bytes % (1ull << 20) == 0) {
+    return fmt::format("{:.1f}G", static_cast<double>(bytes) / (1ull << 30));
+  }
+  if (bytes >= (1ull << 20)) return fmt::format("{:.1f}M", static_cast<double>(bytes) / (1 << 20));
+  if (bytes >= (1ull << 10)) return fmt::format("{:.1f}K", static_cast<double>(bytes) / (1 << 10));
+  return fmt::format("{}", bytes);
+}
+
+void PrintVms(const json& answer) {
+  fmt::print("{:<6} {:<8} {:>8} {:<9} {:<9} {:>13} {:>17} {}\n", "CID", "ATTACHED", "SESSIONS",
+             "SEQPACKET", "RX/TX", "CONNS/MAX", "BUFFERED/MAX", "SOCKET / HYBRID");
+  for (const json& vm : answer.at("vms")) {
+    const json& q = vm.at("queues");
+    std::string queues = fmt::format("{}/{}", q.at("rx").at("size").get<uint32_t>(),
+                                     q.at("tx").at("size").get<uint32_t>());
+    std::string conns = fmt::format("{}/{}", vm.at("use").at("connections").get<uint64_t>(),
+                                    vm.at("budget").at("max_connections").get<uint64_t>());
+    std::string buffered =
+        fmt::format("{}/{}", Size(vm.at("use").at("buffered_bytes").get<uint64_t>()),
+                    Size(vm.at("budget").at("max_buffered_bytes").get<uint64_t>()));
+    fmt::print("{:<6} {:<8} {:>8} {:<9} {:<9} {:>13} {:>17} {} / {}\n",
+               vm.at("cid").get<uint64_t>(), vm.at("attached").get<bool>() ? "yes" : "no",
+               vm.at("sessions").get<uint64_t>(), vm.at("seqpacket").get<bool>() ? "yes" : "no",
+               queues, conns, buffered, vm.at("socket").get<std::string>(),
+               vm.at("uds_path").get<std::string>());
+  }
+}
+
+void PrintStats(const json& answer) {
+  fmt::print("{:<6} {:>12} {:>12} {:>10} {:>10} {:>8} {:>8} {:>9} {:>7} {:>9}\n", "CID",
+             "PKTS G->H", "PKTS H->G", "BYTES G->H", "BYTES H->G", "DROPPED", "RST", "OPENED",
+             "ACTIVE", "BUFFERED");
+  for (const json& vm : answer.at("vms")) {
+    fmt::print("{:<6} {:>12} {:>12} {:>10} {:>10} {:>8} {:>8} {:>9} {:>7} {:>9}\n",
+               vm.at("cid").get<uint64_t>(), vm.at("tx_packets").get<uint64_t>(),
+               vm.at("rx_packets").get<uint64_t>(), Size(vm.at("tx_bytes").get<uint64_t>()),
+               Size(vm.at("rx_bytes").get<uint64_t>()), vm.at("dropped_packets").get<uint64_t>(),
+               vm.at("rst_sent").get<uint64_t>(), vm.at("connections_opened").get<uint64_t>(),
+               vm.at("connections_active").get<uint64_t>(),
+               Size(vm.at("buffered_bytes").get<uint64_t>()));
+  }
+  fmt::print("uptime {:.0f} s, {} worker(s), {} reload(s) ({} failed)\n",
+             answer.at("uptime_seconds").get<double>(), answer.at("workers").get<uint64_t>(),
+             answer.at("reloads").get<uint64_t>(), answer.at("reload_failures").get<uint64_t>());
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app(
+      "vsockctl: ask a running vsockd what it is doing, over its control socket (vsockd "
+      "--control PATH; the socket is mode 0600: run vsockctl as vsockd's user, usually root).",
+      "vsockctl");
+  app.set_version_flag("--version", fmt::format("vsockctl {}", VSOCKCTL_VERSION));
+  app.require_subcommand(1);
+  const char* env = std::getenv("VSOCKD_CONTROL");
+  std::string socket = env != nullptr && *env != '\0' ? env : kDefaultSocket;
+  bool as_json = false;
+  app.add_option("--socket,-s", socket, "vsockd's control socket ($VSOCKD_CONTROL)")
+      ->type_name("PATH")
+      ->default_str(kDefaultSocket);
+  app.add_flag("--json,-j", as_json, "print vsockd's JSON answer as it came");
+  uint64_t cid = 0;
+  CLI::App* vms = app.add_subcommand("vms", "the VMs: attached, features, queues, budgets in use");
+  vms->add_option("CID", cid, "only this VM");
+  CLI::App* stats = app.add_subcommand("stats", "packets, bytes and connections per VM");
+  stats->add_option("CID", cid, "only this VM");
+  app.add_subcommand("reload", "re-read vsockd's --config file (as SIGHUP)");
+  app.add_subcommand("version", "vsockd's version");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  const std::string cmd = app.get_subcommands().front()->get_name();
+  json request{{"cmd", cmd}};
+  if (cid != 0) request["cid"] = cid;
+  auto answer = Ask(socket, request);
+  if (!answer.ok()) {
+    std::fprintf(stderr, "vsockctl: %s\n", answer.error().context.c_str());
+    return 1;
+  }
+  if (!answer->value("ok", false)) {
+    std::fprintf(stderr, "vsockctl: vsockd: %s\n", answer->value("error", "error").c_str());
+    return 1;
+  }
+  if (as_json) {
+    std::puts(answer->dump(2).c_str());
+  } else if (cmd == "vms") {
+    PrintVms(*answer);
+  } else if (cmd == "stats") {
+    PrintStats(*answer);
+  } else if (cmd == "reload") {
+    std::puts("reloaded");
+  } else {
+    std::puts(answer->at("version").get<std::string>().c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return vsockd::RunMain("vsockctl", Main, argc, argv); }
