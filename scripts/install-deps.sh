@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what vsockd needs to build, test and benchmark, from Debian 12's archive.
 # Usage: scripts/install-deps.sh [--test] [--guest]
-#   --test   adds QEMU, clang and what the test guest needs, for the tests/fuzzers
+#   --test   adds QEMU, clang and what the test guest needs, for the tests/fuzzers, and tshark
+#            (the capture tests decode vsockd's pcap files with it)
 #   --guest  adds what scripts/build-guest.sh and the demo need: QEMU to boot the guest,
 #            Debian's python3.11 (copied into the guest; python3 also runs the seed's host
 #            program in the demo), socat; gcc and xz-utils build the kernel's vsock_test
@@ -14,7 +15,7 @@ pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libg
 guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip gcc libc6-dev xz-utils)
 for arg in "$@"; do
   case "$arg" in
-    --test) pkgs+=(clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3
+    --test) pkgs+=(clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3 tshark
                    "${guest_pkgs[@]}") ;;
     --guest) pkgs+=("${guest_pkgs[@]}") ;;
     *) echo "install-deps.sh: unknown argument: $arg" >&2; exit 2 ;;

@@ -26,6 +26,8 @@ export VSOCKD_REQUIRE_QEMU=1
 export VSOCKD_REQUIRE_VM=1
 # The metrics test checks vsockd's output with Prometheus's promtool (scripts/promtool.sh).
 export VSOCKD_REQUIRE_PROMTOOL=1
+# The capture tests decode vsockd's pcap files with Wireshark's tshark.
+export VSOCKD_REQUIRE_TSHARK=1
 
 step "build (RelWithDebInfo) in build/"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
