@@ -1,0 +1,350 @@
+// Device::Impl: the connection table and each connection's life: set-up both ways, the
+// host stream attached, half-close, closing, lingering for a vanished guest, reset.
+#include "vsock/device_impl.h"
+
+namespace vsockd::vsock {
+
+using virtio::DescChain;
+using virtio::PopResult;
+
+Connection* Device::Impl::Find(const ConnKey& key) {
+  auto it = conns_.find(key);
+  return it == conns_.end() ? nullptr : it->second.get();
+}
+
+Connection* Device::Impl::AddConnection(const ConnectionInfo& info, ConnState state) {
+  auto conn = std::make_unique<Connection>(info, state, opts_.buf_alloc);
+  Connection* c = conn.get();
+  conns_[c->key()] = std::move(conn);
+  stats_.connections_opened++;
+  stats_.connections_active = conns_.size();
+  LOG_DEBUG("vsock: open {}:{} <-> {}:{} ({})", info.guest_cid, info.guest_port, info.host_cid,
+            info.host_port, ConnStateName(state));
+  return c;
+}
+
+void Device::Impl::CloseHost(Connection* conn) {
+  if (conn->host_registered) {
+    loop_->Remove(conn->host_fd.get());
+    conn->host_registered = false;
+  }
+  conn->host_fd.Reset();
+}
+
+void Device::Impl::LingerHost(Connection* conn) {
+  // A seqpacket buffer holds messages, not a byte stream: not worth lingering for (the
+  // guest is gone; its queued messages are dropped with the connection).
+  if (!conn->host_fd.valid() || conn->buffer.empty() || conn->seqpacket()) return;
+  if (lingers_.size() >= opts_.max_connections) return;  // bounded like connections
+  if (conn->host_registered) {
+    loop_->Remove(conn->host_fd.get());
+    conn->host_registered = false;
+  }
+  auto linger = std::make_unique<Linger>();
+  linger->fd = std::move(conn->host_fd);
+  linger->not_socket = conn->host_not_socket;
+  linger->bytes = std::move(conn->buffer);
+  stats_.buffered_bytes -= linger->bytes.size();
+  conn->buffer.Clear();
+  int fd = linger->fd.get();
+  LOG_DEBUG(
+      "vsock cid {}: guest gone, delivering {} buffered bytes of guest port {} to the "
+      "host",
+      opts_.guest_cid, linger->bytes.size(), conn->info().guest_port);
+  std::weak_ptr<bool> alive = alive_;
+  auto st = loop_->Add(fd, EPOLLOUT | EPOLLET, [this, alive, fd](uint32_t) {
+    if (alive.expired()) return;
+    WriteLinger(fd);
+  });
+  if (!st.ok()) return;  // the fd closes with `linger`
+  linger->timer = loop_->AddTimer(kLingerTimeout, [this, alive, fd] {
+    if (alive.expired()) return;
+    auto it = lingers_.find(fd);
+    if (it == lingers_.end()) return;
+    it->second->timer = 0;
+    LOG_DEBUG("vsock cid {}: host peer did not take {} bytes in time, closing", opts_.guest_cid,
+              it->second->bytes.size());
+    EndLinger(fd);
+  });
+  lingers_[fd] = std::move(linger);
+  WriteLinger(fd);
+}
+
+void Device::Impl::WriteLinger(int fd) {
+  auto it = lingers_.find(fd);
+  if (it == lingers_.end()) return;
+  Linger& l = *it->second;
+  while (!l.bytes.empty()) {
+    ssize_t n = l.not_socket
+                    ? ::write(fd, l.bytes.data(), l.bytes.size())
+                    : ::send(fd, l.bytes.data(), l.bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      l.bytes.Consume(static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    break;  // the host peer is gone: nothing more to deliver
+  }
+  EndLinger(fd);
+}
+
+void Device::Impl::EndLinger(int fd) {
+  auto it = lingers_.find(fd);
+  if (it == lingers_.end()) return;
+  loop_->Remove(fd);
+  if (it->second->timer != 0) loop_->CancelTimer(it->second->timer);
+  lingers_.erase(it);  // closes the fd: the host peer sees EOF
+}
+
+void Device::Impl::DropGuestData(Connection* conn) {
+  stats_.buffered_bytes -= conn->buffer.size();
+  conn->buffer.Clear();
+  conn->pending_iov.clear();
+  conn->pending_bytes = 0;
+  conn->in_flush_list = false;
+  conn->messages.clear();
+  conn->partial_bytes = 0;
+  conn->partial_direct = false;
+  conn->out_msg.clear();
+  conn->out_msg.shrink_to_fit();
+  conn->out_msg_off = 0;
+}
+
+void Device::Impl::DestroyPendingConnect(Connection* conn) {
+  if (!conn->host_connect) return;
+  if (destroying_) {
+    conn->host_connect.reset();
+    return;
+  }
+  std::shared_ptr<PendingConnect> p(std::move(conn->host_connect));
+  loop_->Defer([p] {});
+}
+
+void Device::Impl::FreeConnection(Connection* conn, bool send_rst) {
+  LOG_DEBUG("vsock: close {}:{} <-> {}:{} ({}){}", conn->info().guest_cid, conn->info().guest_port,
+            conn->info().host_cid, conn->info().host_port, ConnStateName(conn->state()),
+            send_rst ? ", RST" : "");
+  if (send_rst) {
+    replies_.push_back(conn->MakeHeader(VIRTIO_VSOCK_OP_RST, 0, 0));
+    ScheduleRx();
+  }
+  if (conn->guest_connect_id != 0) guest_connects_.erase(conn->guest_connect_id);
+  if (conn->timer != 0) loop_->CancelTimer(conn->timer);
+  CloseHost(conn);
+  DestroyPendingConnect(conn);
+  DropGuestData(conn);
+  conns_.erase(conn->key());
+  stats_.connections_active = conns_.size();
+}
+
+void Device::Impl::ResetAll(bool notify_connects, bool linger) {
+  std::vector<GuestConnectDone> dones;
+  for (auto& [id, gc] : guest_connects_) {
+    if (gc.done) dones.push_back(std::move(gc.done));
+  }
+  guest_connects_.clear();
+  for (auto& [key, conn] : conns_) {
+    if (conn->timer != 0) loop_->CancelTimer(conn->timer);
+    if (linger && !destroying_) LingerHost(conn.get());
+    CloseHost(conn.get());
+    DestroyPendingConnect(conn.get());
+  }
+  conns_.clear();
+  replies_.clear();
+  rx_fifo_.clear();
+  flush_keys_.clear();
+  stats_.buffered_bytes = 0;
+  stats_.connections_active = 0;
+  if (notify_connects) {
+    for (auto& done : dones) done(MakeError(ECONNRESET, "vsock device reset"));
+  }
+}
+
+void Device::Impl::FailGuestConnect(Connection* conn, int code, bool send_rst) {
+  GuestConnectDone done;
+  auto it = guest_connects_.find(conn->guest_connect_id);
+  if (it != guest_connects_.end()) {
+    done = std::move(it->second.done);
+    guest_connects_.erase(it);
+  }
+  conn->guest_connect_id = 0;
+  uint32_t port = conn->info().guest_port;
+  FreeConnection(conn, send_rst);
+  if (done) done(MakeError(code, "connect to guest port {}", port));
+}
+
+bool Device::Impl::AttachHost(Connection* conn, HostStream stream) {
+  if (!stream.fd.valid()) return false;
+  auto st = SetNonBlocking(stream.fd.get());
+  if (!st.ok()) {
+    LOG_WARN("vsock: host stream: {}", st.error().ToString());
+    return false;
+  }
+  // Not a socket (a pipe, -1): a byte stream too.
+  const int type = SocketType(stream.fd.get());
+  conn->host_records = type >= 0 && type != SOCK_STREAM;
+  if (conn->seqpacket()) {
+    // Message boundaries need a message socket on the host side too.
+    if (type != SOCK_SEQPACKET) {
+      LOG_WARN("vsock: host side of a SEQPACKET connection is not a SOCK_SEQPACKET socket");
+      return false;
+    }
+    // AF_UNIX refuses (EMSGSIZE) a message larger than its send buffer: make room for the
+    // largest message the guest may send, buf_alloc (the kernel doubles the value, capped
+    // by net.core.wmem_max).
+    int sndbuf = static_cast<int>(std::min<uint32_t>(opts_.buf_alloc, INT_MAX / 2 - 4096)) + 4096;
+    (void)::setsockopt(stream.fd.get(), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+  }
+  conn->host_msg_flags = conn->seqpacket() && stream.message_flags;
+  conn->host_fd = std::move(stream.fd);
+  conn->prefix = std::move(stream.prefix);
+  conn->prefix_off = 0;
+  conn->host_readable = false;  // the registration reports what is already readable
+  conn->host_writable = true;
+  ConnKey key = conn->key();
+  st = loop_->Add(conn->host_fd.get(), EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                  [this, key](uint32_t events) { OnHostEvent(key, events); });
+  if (!st.ok()) {
+    LOG_WARN("vsock: host stream: {}", st.error().ToString());
+    conn->host_fd.Reset();
+    return false;
+  }
+  conn->host_registered = true;
+  return true;
+}
+
+void Device::Impl::OnHostConnected(ConnKey key, Result<HostStream> result) {
+  Connection* conn = Find(key);
+  if (conn == nullptr || conn->state() != ConnState::kConnectingHost) return;
+  DestroyPendingConnect(conn);
+  if (!result.ok()) {
+    LOG_DEBUG("vsock: guest {} -> host port {}: {}", conn->info().guest_port,
+              conn->info().host_port, result.error().ToString());
+    FreeConnection(conn, /*send_rst=*/true);
+    return;
+  }
+  if (!AttachHost(conn, std::move(result).value())) {
+    FreeConnection(conn, /*send_rst=*/true);
+    return;
+  }
+  conn->set_state(ConnState::kEstablished);
+  conn->pending_ctrl |= Connection::kCtrlResponse;
+  MaybeQueueRx(conn);
+}
+
+void Device::Impl::OnHostEvent(ConnKey key, uint32_t events) {
+  Connection* conn = Find(key);
+  if (conn == nullptr || !conn->host_fd.valid()) return;
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) conn->host_readable = true;
+  if (events & (EPOLLRDHUP | EPOLLHUP)) conn->host_rdhup = true;
+  if (events & EPOLLHUP) {
+    conn->host_hup = true;
+    // EOF was already forwarded as a half-close; now the peer stopped reading too.
+    if (conn->host_eof && conn->state() == ConnState::kEstablished) {
+      QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND);
+      EnterClosing(conn);
+      MaybeQueueRx(conn);
+      return;
+    }
+  }
+  if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+    conn->host_writable = true;
+    if (!conn->buffer.empty() && conn->state() == ConnState::kEstablished) {
+      if (!FlushToHost(conn)) return;
+    }
+  }
+  MaybeQueueRx(conn);
+}
+
+void Device::Impl::QueueShutdown(Connection* conn, uint32_t flags) {
+  conn->shutdown_to_send |= flags;
+  conn->pending_ctrl |= Connection::kCtrlShutdown;
+}
+
+void Device::Impl::EnterClosing(Connection* conn) {
+  conn->set_state(ConnState::kClosing);
+  CloseHost(conn);
+  DropGuestData(conn);
+  conn->pending_ctrl &= ~(Connection::kCtrlCreditUpdate | Connection::kCtrlCreditReply);
+  StartCloseTimer(conn);
+}
+
+void Device::Impl::StartCloseTimer(Connection* conn) {
+  if (conn->timer != 0) return;
+  ConnKey key = conn->key();
+  std::weak_ptr<bool> alive = alive_;
+  conn->timer = loop_->AddTimer(opts_.close_timeout, [this, alive, key] {
+    if (alive.expired()) return;
+    Connection* c = Find(key);
+    if (c == nullptr) return;
+    c->timer = 0;
+    LOG_DEBUG("vsock: close timeout for guest port {}", c->info().guest_port);
+    FreeConnection(c, /*send_rst=*/true);
+  });
+}
+
+void Device::Impl::OnHostEof(Connection* conn) {
+  conn->host_eof = true;
+  conn->host_readable = false;
+  if (!conn->host_hup && conn->host_fd.valid()) {
+    // The peer may have closed (not just shut its write side) after the event that made
+    // us read: its EPOLLHUP is still queued. Ask the socket now, so that a peer's close()
+    // reaches the guest as one SHUTDOWN(RCV|SEND), as a kernel peer's would.
+    pollfd p{conn->host_fd.get(), 0, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) != 0) conn->host_hup = true;
+  }
+  if (conn->host_hup) {
+    QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND);
+    EnterClosing(conn);
+  } else {
+    QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_SEND);
+  }
+}
+
+void Device::Impl::MaybeQueueRx(Connection* conn) {
+  if (conn->in_rx_queue || !conn->WantsRx()) return;
+  conn->in_rx_queue = true;
+  rx_fifo_.push_back(conn->key());
+  ScheduleRx();
+}
+
+void Device::Impl::MaybeCreditUpdate(Connection* conn) {
+  if (conn->state() != ConnState::kEstablished) return;
+  if ((conn->pending_ctrl & Connection::kCtrlCreditUpdate) || !conn->NeedsCreditUpdate()) return;
+  conn->pending_ctrl |= Connection::kCtrlCreditUpdate;
+  MaybeQueueRx(conn);
+}
+
+bool Device::Impl::MaybeFinishGuestSend(Connection* conn) {
+  if (conn->state() == ConnState::kClosing && conn->guest_fully_shut()) {
+    // We already shut down (the host went away) and waited for the guest's RST; its own
+    // SHUTDOWN of both directions (it closed meanwhile) ends it now, as the kernel's host
+    // side does: a Linux guest that closes waits for our RST (up to 8 s) before it frees
+    // the socket.
+    FreeConnection(conn, /*send_rst=*/true);
+    return false;
+  }
+  if (conn->state() != ConnState::kEstablished || !conn->guest_sends_no_more()) return true;
+  if (!conn->guest_data_drained()) {
+    // A host that never reads must not pin the connection forever.
+    if (conn->guest_fully_shut()) StartCloseTimer(conn);
+    return true;
+  }
+  // A guest that shut both ways at once (close()) has its host peer see both at once: the
+  // close below, with no shutdown(SHUT_WR) first. A peer served by another thread (a
+  // sibling VM's device) could otherwise see EOF alone in between and tell its guest
+  // SHUTDOWN(SEND) while that guest may still send (vsock_test "SOCK_STREAM client
+  // close" between two guests expects EPIPE once it sees the peer's close).
+  if (conn->guest_fully_shut()) {
+    FreeConnection(conn, /*send_rst=*/true);
+    return false;
+  }
+  if (!conn->host_shut_wr && conn->host_fd.valid()) {
+    ::shutdown(conn->host_fd.get(), SHUT_WR);
+    conn->host_shut_wr = true;
+  }
+  return true;
+}
+
+}  // namespace vsockd::vsock
