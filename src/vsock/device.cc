@@ -4,9 +4,6 @@
 
 namespace vsockd::vsock {
 
-using virtio::DescChain;
-using virtio::PopResult;
-
 uint64_t Device::Impl::DeviceFeatures() const {
   uint64_t f = 1ull << virtio::VIRTIO_F_VERSION_1;
   if (opts_.offer_event_idx) f |= 1ull << virtio::VIRTIO_RING_F_EVENT_IDX;

@@ -4,9 +4,6 @@
 
 namespace vsockd::vsock {
 
-using virtio::DescChain;
-using virtio::PopResult;
-
 Connection* Device::Impl::Find(const ConnKey& key) {
   auto it = conns_.find(key);
   return it == conns_.end() ? nullptr : it->second.get();

@@ -4,7 +4,6 @@
 
 namespace vsockd::vsock {
 
-using virtio::DescChain;
 using virtio::PopResult;
 
 void Device::Impl::ScheduleRx() {

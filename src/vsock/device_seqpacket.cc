@@ -5,9 +5,6 @@
 
 namespace vsockd::vsock {
 
-using virtio::DescChain;
-using virtio::PopResult;
-
 bool Device::Impl::FlushMessagesToHost(Connection* conn) {
   uint32_t written = 0;
   size_t iov_done = 0;  // pending_iov entries of the direct messages sent

@@ -4,9 +4,6 @@
 
 namespace vsockd::vsock {
 
-using virtio::DescChain;
-using virtio::PopResult;
-
 size_t Device::Impl::ReplyCap() const {
   size_t cap = txq_ != nullptr ? txq_->size() : 128;
   return std::max<size_t>(cap, 1);
