@@ -54,7 +54,15 @@ json StatsJson(const VmStatus& vm) {
               {"rst_sent", s.rst_sent},
               {"connections_opened", s.connections_opened},
               {"connections_active", s.connections_active},
-              {"buffered_bytes", s.buffered_bytes}};
+              {"buffered_bytes", s.buffered_bytes},
+              {"credit_committed", s.credit_committed},
+              {"refused",
+               {{"max_connections", s.refused_max_connections},
+                {"max_host_fds", s.refused_max_host_fds},
+                {"connect_rate", s.refused_connect_rate},
+                {"allow_host_ports", s.refused_allow_host_ports},
+                {"allow_guest_ports", s.refused_allow_guest_ports},
+                {"allow_siblings", s.refused_allow_siblings}}}};
 }
 
 std::string Answer(const json& j) { return j.dump() + "\n"; }

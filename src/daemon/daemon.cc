@@ -104,6 +104,8 @@ class Vm {
     device_options.buf_alloc = options_.tx_buffer_size;
     device_options.connect_timeout = options_.connect_timeout;
     device_options.offer_seqpacket = options_.seqpacket;
+    device_options.budget = options_.budget;
+    device_options.policy = options_.policy;
     device_ = std::make_unique<vsock::Device>(loop_, routing_.get(), device_options);
     connector_->set_device(device_.get());
 
@@ -179,6 +181,7 @@ class Vm {
     options_.budget = updated.budget;
     options_.policy = updated.policy;
     options_.max_host_fds_explicit = updated.max_host_fds_explicit;
+    if (device_) device_->UpdateLimits(options_.budget, options_.policy);
     LOG_INFO("CID {}: budgets and policy reloaded (new connections)", options_.guest_cid);
   }
 

@@ -116,6 +116,26 @@ std::string RenderMetrics(const DaemonStatus& status) {
          [](const VmStatus& vm) { return vm.stats.connections_active; });
   per_vm("vsockd_buffered_bytes", "gauge", "Guest data waiting in vsockd for slow host readers.",
          [](const VmStatus& vm) { return vm.stats.buffered_bytes; });
+  per_vm("vsockd_credit_committed_bytes", "gauge",
+         "Sum of the buf_alloc credit advertised to the guest (bounds buffered bytes).",
+         [](const VmStatus& vm) { return vm.stats.credit_committed; });
+  {
+    Family f(&out, "vsockd_connections_refused_total", "counter",
+             "Connections refused, by the budget or policy key that refused them.");
+    for (const auto& vm : vms) {
+      const vsock::DeviceStats& s = vm.stats;
+      const std::pair<const char*, uint64_t> reasons[] = {
+          {"max_connections", s.refused_max_connections},
+          {"max_host_fds", s.refused_max_host_fds},
+          {"connect_rate", s.refused_connect_rate},
+          {"allow_host_ports", s.refused_allow_host_ports},
+          {"allow_guest_ports", s.refused_allow_guest_ports},
+          {"allow_siblings", s.refused_allow_siblings}};
+      for (const auto& [reason, n] : reasons) {
+        f.Sample(fmt::format("{},reason=\"{}\"", Cid(vm), reason), n);
+      }
+    }
+  }
   {
     Family f(&out, "vsockd_budget_limit", "gauge", "A VM's budget, by kind.");
     for (const auto& vm : vms) {

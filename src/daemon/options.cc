@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "daemon/limit_keys.h"
+#include "vsock/admission.h"
 
 namespace vsockd::daemon {
 namespace {
@@ -283,6 +284,15 @@ Status ValidateVm(const VmOptions& vm) {
                      kMaxQueueSize);
   }
   if (vm.groups.empty()) return MakeError(EINVAL, "groups: at least one group is needed");
+  // Every connection keeps at least kMinBufAlloc of credit (vsock/admission.h).
+  const uint64_t floor = uint64_t{vm.budget.max_connections} * vsock::kMinBufAlloc;
+  if (vm.budget.max_buffered_bytes < floor) {
+    return MakeError(EINVAL,
+                     "max-buffered-bytes {} is below max-connections {} x {} bytes ({}): raise "
+                     "it or lower max-connections",
+                     vm.budget.max_buffered_bytes, vm.budget.max_connections, vsock::kMinBufAlloc,
+                     floor);
+  }
   return OkStatus();
 }
 

@@ -148,6 +148,10 @@ std::string GuestFailureReason(uint32_t port, const Error& error) {
       return fmt::format("guest did not answer on port {} in time", port);
     case ECONNRESET:
       return fmt::format("connection to guest port {} was reset", port);
+    case EACCES:  // the VM's policy (allow-guest-ports)
+      return fmt::format("guest port {} not allowed by policy", port);
+    case EAGAIN:  // the VM's budget (connections, host fds, connect rate)
+      return fmt::format("guest port {} refused: VM over budget", port);
     default: {
       // Only the error's name: its text ("Broken pipe") could hold "ok", and a reply must fit
       // the 64 bytes Kata's dialer reads.

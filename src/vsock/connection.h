@@ -85,6 +85,7 @@ namespace vsockd::vsock {
 class ByteQueue {
  public:
   size_t size() const { return data_.size() - head_; }
+  size_t capacity() const { return data_.capacity(); }
   bool empty() const { return size() == 0; }
   const uint8_t* data() const { return data_.data() + head_; }
   void Append(const void* p, size_t n);
@@ -197,6 +198,9 @@ class Connection {
   }
 
   uint32_t buf_alloc() const { return buf_alloc_; }
+  // The buf_alloc of our next headers (vsock::Admission decides it; never below what the
+  // guest may already have in flight, see admission.h).
+  void set_buf_alloc(uint32_t b) { buf_alloc_ = b; }
   uint32_t peer_buf_alloc() const { return peer_buf_alloc_; }
   uint32_t peer_fwd_cnt() const { return peer_fwd_cnt_; }
   uint32_t tx_cnt() const { return tx_cnt_; }

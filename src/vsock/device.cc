@@ -79,9 +79,9 @@ Result<uint64_t> Device::Impl::ConnectToGuest(uint32_t guest_port, GuestConnectD
     return MakeError(EPROTONOSUPPORT, "vsock cid {}: socket type {} not negotiated",
                      opts_.guest_cid, type);
   }
-  if (conns_.size() >= opts_.max_connections) {
-    return MakeError(EAGAIN, "vsock cid {}: connection limit ({}) reached", opts_.guest_cid,
-                     opts_.max_connections);
+  if (Refusal r = AdmitToGuest(guest_port, /*from_sibling=*/false); r != Refusal::kNone) {
+    return MakeError(IsPolicyRefusal(r) ? EACCES : EAGAIN, "guest port {} refused by {}",
+                     guest_port, RefusalKey(r));
   }
   // At most conns_.size() ports can collide, so this ends.
   uint32_t host_port = 0;
@@ -111,13 +111,13 @@ Result<uint64_t> Device::Impl::ConnectToGuestFrom(uint64_t peer_cid, uint32_t pe
     return MakeError(EINVAL, "vsock cid {}: {} cannot be a sibling peer CID", opts_.guest_cid,
                      peer_cid);
   }
-  if (conns_.size() >= opts_.max_connections) {
-    return MakeError(EAGAIN, "vsock cid {}: connection limit ({}) reached", opts_.guest_cid,
-                     opts_.max_connections);
-  }
   if (conns_.count(Connection::MakeKey(guest_port, peer_cid, peer_port)) != 0) {
     return MakeError(EADDRINUSE, "vsock cid {}: {}:{} -> guest port {} already exists",
                      opts_.guest_cid, peer_cid, peer_port, guest_port);
+  }
+  if (Refusal r = AdmitToGuest(guest_port, /*from_sibling=*/true); r != Refusal::kNone) {
+    return MakeError(EAGAIN, "vsock cid {}: guest port {} refused by {}", opts_.guest_cid,
+                     guest_port, RefusalKey(r));
   }
   return StartGuestConnect(ConnectionInfo{opts_.guest_cid, guest_port, peer_cid, peer_port, type},
                            std::move(done));
@@ -187,6 +187,26 @@ Result<uint64_t> Device::ConnectToGuestFrom(uint64_t peer_cid, uint32_t peer_por
 bool Device::seqpacket_negotiated() const { return impl_->seqpacket_negotiated(); }
 void Device::CancelConnectToGuest(uint64_t id) { impl_->CancelConnectToGuest(id); }
 uint64_t Device::guest_cid() const { return impl_->guest_cid(); }
+void Device::UpdateLimits(const VmBudget& budget, const AccessPolicy& policy) {
+  impl_->UpdateLimits(budget, policy);
+}
+
+const DeviceStats& Device::Impl::stats() const {
+  stats_.credit_committed = admission_.committed();
+  stats_.refused_max_connections = admission_.refused(Refusal::kConnections);
+  stats_.refused_max_host_fds = admission_.refused(Refusal::kHostFds);
+  stats_.refused_connect_rate = admission_.refused(Refusal::kConnectRate);
+  stats_.refused_allow_host_ports = admission_.refused(Refusal::kHostPort);
+  stats_.refused_allow_guest_ports = admission_.refused(Refusal::kGuestPort);
+  stats_.refused_allow_siblings = admission_.refused(Refusal::kSibling);
+  return stats_;
+}
+
+void Device::Impl::UpdateLimits(const VmBudget& budget, const AccessPolicy& policy) {
+  opts_.budget = budget;
+  opts_.policy = policy;
+  admission_.Update(budget, policy);
+}
 const DeviceStats& Device::stats() const { return impl_->stats(); }
 
 }  // namespace vsockd::vsock

@@ -21,7 +21,11 @@
 //    CREDIT_UPDATE on its own when the guest's view of our free space runs low;
 //  - half-close both ways (SHUTDOWN SEND <-> shutdown(SHUT_WR) / EOF);
 //  - bounded memory per connection (at most buf_alloc of guest data buffered for a slow host
-//    reader; host data is read straight into guest rx buffers, only as credit allows);
+//    reader; host data is read straight into guest rx buffers, only as credit allows) and per
+//    VM (DeviceOptions.budget: connections, host fds, connect rate, and the sum of the
+//    buf_allocs advertised within max_buffered_bytes; vsock/admission.h);
+//  - access policy (DeviceOptions.policy): host ports, guest ports and sibling CIDs/ports a
+//    connection may use; refused connects get RST (guest) or EACCES (ConnectToGuest);
 //  - SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET, offered unless DeviceOptions.offer_seqpacket is
 //    false): a guest REQUEST of type SEQPACKET is accepted only when the guest acked the
 //    feature (else RST, type echoed); each guest message (RW fragments up to EOM) reaches the
@@ -43,6 +47,7 @@
 #include "base/result.h"
 #include "virtio/virtio_device.h"
 #include "vsock/host_backend.h"
+#include "vsock/limits.h"
 #include "vsock/packet.h"
 
 namespace vsockd::vsock {
@@ -56,8 +61,11 @@ struct DeviceOptions {
   std::chrono::milliseconds connect_timeout{2000};
   // How long a connection we shut down waits for the guest's RST (Linux: 8 s).
   std::chrono::milliseconds close_timeout{8000};
-  // Connections per device; a REQUEST beyond it is refused with RST.
-  uint32_t max_connections = 65536;
+  // What this VM may take and whom it may reach (vsock/admission.h enforces them): a
+  // connection over budget or against policy is refused (RST to the guest, an error to the
+  // host side), a log line names the VM and the key, and a counter counts it.
+  VmBudget budget;
+  AccessPolicy policy;
   // Offer VIRTIO_RING_F_INDIRECT_DESC / VIRTIO_RING_F_EVENT_IDX.
   bool offer_indirect = true;
   bool offer_event_idx = true;
@@ -75,7 +83,15 @@ struct DeviceStats {
   uint64_t rst_sent = 0;
   uint64_t connections_opened = 0;
   uint64_t connections_active = 0;
-  uint64_t buffered_bytes = 0;  // guest data waiting for slow host readers, all connections
+  uint64_t buffered_bytes = 0;    // guest data waiting for slow host readers, all connections
+  uint64_t credit_committed = 0;  // sum of the buf_allocs advertised (bounds buffered_bytes)
+  // Connections refused, by the budget or policy key that refused them.
+  uint64_t refused_max_connections = 0;
+  uint64_t refused_max_host_fds = 0;
+  uint64_t refused_connect_rate = 0;
+  uint64_t refused_allow_host_ports = 0;
+  uint64_t refused_allow_guest_ports = 0;
+  uint64_t refused_allow_siblings = 0;
 };
 
 class Device : public virtio::VirtioDevice {
@@ -119,6 +135,10 @@ class Device : public virtio::VirtioDevice {
 
   uint64_t guest_cid() const;
   const DeviceStats& stats() const;
+
+  // New budgets and policy (a reload): connections opened from now on are admitted with
+  // them; open connections keep going.
+  void UpdateLimits(const VmBudget& budget, const AccessPolicy& policy);
 
  private:
   class Impl;

@@ -1,5 +1,7 @@
 // Device::Impl: the connection table and each connection's life: set-up both ways, the
 // host stream attached, half-close, closing, lingering for a vanished guest, reset.
+#include <malloc.h>
+
 #include "vsock/device_impl.h"
 
 namespace vsockd::vsock {
@@ -9,8 +11,54 @@ Connection* Device::Impl::Find(const ConnKey& key) {
   return it == conns_.end() ? nullptr : it->second.get();
 }
 
+Admission::Usage Device::Impl::Usage() const {
+  // Every connection holds (or is about to hold) one host socket; lingering ones still do.
+  return Admission::Usage{conns_.size(), conns_.size() + lingers_.size()};
+}
+
+Refusal Device::Impl::AdmitFromGuest(const PacketHeader& h) {
+  Refusal r = admission_.AdmitFromGuest(h.dst_cid, h.dst_port, Usage(), EventLoop::Clock::now());
+  if (r != Refusal::kNone) {
+    LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: refused guest port {} -> {}:{}: {} ({})",
+                    opts_.guest_cid, h.src_port, h.dst_cid, h.dst_port, RefusalKey(r),
+                    IsPolicyRefusal(r) ? "policy" : "budget");
+  }
+  return r;
+}
+
+Refusal Device::Impl::AdmitToGuest(uint32_t guest_port, bool from_sibling) {
+  Refusal r = admission_.AdmitToGuest(guest_port, from_sibling, Usage(), EventLoop::Clock::now());
+  if (r != Refusal::kNone) {
+    LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: refused a {} connect to guest port {}: {} ({})",
+                    opts_.guest_cid, from_sibling ? "sibling" : "host", guest_port, RefusalKey(r),
+                    IsPolicyRefusal(r) ? "policy" : "budget");
+  }
+  return r;
+}
+
+void Device::Impl::RefreshCredit(Connection* conn) {
+  const uint32_t returned = conn->fwd_cnt() - conn->last_fwd_cnt_sent();
+  conn->set_buf_alloc(admission_.BufAlloc(conn->buf_alloc(), returned, conns_.size()));
+}
+
+void Device::Impl::MaybeTrimMemory(uint64_t freed) {
+  // glibc keeps freed heap memory for reuse; after a hostile guest's buffers are gone we
+  // want the pages back (RSS near its baseline), without trimming on every close.
+  constexpr uint64_t kTrimAfter = 8u << 20;
+  freed_since_trim_ += freed;
+  if (freed_since_trim_ < kTrimAfter || trim_scheduled_ || destroying_) return;
+  trim_scheduled_ = true;
+  std::weak_ptr<bool> alive = alive_;
+  loop_->Defer([this, alive] {
+    if (alive.expired()) return;
+    trim_scheduled_ = false;
+    freed_since_trim_ = 0;
+    ::malloc_trim(0);
+  });
+}
+
 Connection* Device::Impl::AddConnection(const ConnectionInfo& info, ConnState state) {
-  auto conn = std::make_unique<Connection>(info, state, opts_.buf_alloc);
+  auto conn = std::make_unique<Connection>(info, state, admission_.OpenBufAlloc(conns_.size()));
   Connection* c = conn.get();
   conns_[c->key()] = std::move(conn);
   stats_.connections_opened++;
@@ -32,7 +80,7 @@ void Device::Impl::LingerHost(Connection* conn) {
   // A seqpacket buffer holds messages, not a byte stream: not worth lingering for (the
   // guest is gone; its queued messages are dropped with the connection).
   if (!conn->host_fd.valid() || conn->buffer.empty() || conn->seqpacket()) return;
-  if (lingers_.size() >= opts_.max_connections) return;  // bounded like connections
+  if (lingers_.size() >= opts_.budget.max_connections) return;  // bounded like connections
   if (conn->host_registered) {
     loop_->Remove(conn->host_fd.get());
     conn->host_registered = false;
@@ -63,6 +111,8 @@ void Device::Impl::LingerHost(Connection* conn) {
               it->second->bytes.size());
     EndLinger(fd);
   });
+  linger->held = linger->bytes.size();
+  admission_.Hold(linger->held);  // still counted in the VM's buffered budget
   lingers_[fd] = std::move(linger);
   WriteLinger(fd);
 }
@@ -91,10 +141,13 @@ void Device::Impl::EndLinger(int fd) {
   if (it == lingers_.end()) return;
   loop_->Remove(fd);
   if (it->second->timer != 0) loop_->CancelTimer(it->second->timer);
+  admission_.Release(it->second->held);
+  MaybeTrimMemory(it->second->held);
   lingers_.erase(it);  // closes the fd: the host peer sees EOF
 }
 
 void Device::Impl::DropGuestData(Connection* conn) {
+  MaybeTrimMemory(conn->buffer.capacity() + conn->out_msg.capacity());
   stats_.buffered_bytes -= conn->buffer.size();
   conn->buffer.Clear();
   conn->pending_iov.clear();
@@ -126,6 +179,7 @@ void Device::Impl::FreeConnection(Connection* conn, bool send_rst) {
     replies_.push_back(conn->MakeHeader(VIRTIO_VSOCK_OP_RST, 0, 0));
     ScheduleRx();
   }
+  admission_.Closed(conn->buf_alloc());
   if (conn->guest_connect_id != 0) guest_connects_.erase(conn->guest_connect_id);
   if (conn->timer != 0) loop_->CancelTimer(conn->timer);
   CloseHost(conn);
@@ -141,11 +195,14 @@ void Device::Impl::ResetAll(bool notify_connects, bool linger) {
     if (gc.done) dones.push_back(std::move(gc.done));
   }
   guest_connects_.clear();
+  uint64_t freed = 0;
   for (auto& [key, conn] : conns_) {
     if (conn->timer != 0) loop_->CancelTimer(conn->timer);
     if (linger && !destroying_) LingerHost(conn.get());
     CloseHost(conn.get());
     DestroyPendingConnect(conn.get());
+    admission_.Closed(conn->buf_alloc());
+    freed += conn->buffer.capacity() + conn->out_msg.capacity();
   }
   conns_.clear();
   replies_.clear();
@@ -153,6 +210,7 @@ void Device::Impl::ResetAll(bool notify_connects, bool linger) {
   flush_keys_.clear();
   stats_.buffered_bytes = 0;
   stats_.connections_active = 0;
+  MaybeTrimMemory(freed);
   if (notify_connects) {
     for (auto& done : dones) done(MakeError(ECONNRESET, "vsock device reset"));
   }

@@ -33,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (uint32_t p = 1; p < 64; p += 2) backend.Refuse(p);
   DeviceOptions opts;
   opts.buf_alloc = 16 * 1024;
-  opts.max_connections = 8;
+  opts.budget.max_connections = 8;
   opts.connect_timeout = std::chrono::milliseconds(0);
   opts.close_timeout = std::chrono::milliseconds(0);
   auto device = std::make_unique<Device>(loop.get(), &backend, opts);

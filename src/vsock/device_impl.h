@@ -78,6 +78,7 @@
 #include "base/log.h"
 #include "base/unix_socket.h"
 #include "virtio/virtio_ring.h"
+#include "vsock/admission.h"
 #include "vsock/connection.h"
 #include "vsock/device.h"
 #include "vsock/packet.h"
@@ -173,7 +174,10 @@ class Device::Impl {
 
  public:
   Impl(EventLoop* loop, HostBackend* backend, DeviceOptions options)
-      : loop_(loop), backend_(backend), opts_(options) {
+      : loop_(loop),
+        backend_(backend),
+        opts_(options),
+        admission_(opts_.budget, opts_.policy, opts_.buf_alloc) {
     rx_pool_.resize(kTurnChains);
     rx_caps_.resize(kTurnChains);
   }
@@ -211,7 +215,8 @@ class Device::Impl {
   void CancelConnectToGuest(uint64_t id);
 
   uint64_t guest_cid() const { return opts_.guest_cid; }
-  const DeviceStats& stats() const { return stats_; }
+  const DeviceStats& stats() const;
+  void UpdateLimits(const VmBudget& budget, const AccessPolicy& policy);
 
  private:
   struct GuestConnect {
@@ -223,6 +228,17 @@ class Device::Impl {
   // ---------------------------------------------------------------------------------------
   // Connections
   // ---------------------------------------------------------------------------------------
+  // Admission (vsock/admission.h) of a connection the guest asks for / one to the guest; a
+  // refusal is logged (rate-limited, naming the VM and the key) and counted there.
+  Refusal AdmitFromGuest(const PacketHeader& h);
+  Refusal AdmitToGuest(uint32_t guest_port, bool from_sibling);
+  Admission::Usage Usage() const;
+  // The buf_alloc of `conn`'s next header (admission.h: toward the configured size, within
+  // the VM's budget, never taking back more credit than the header returns).
+  void RefreshCredit(Connection* conn);
+  // Returns freed buffer memory to the system once enough has been freed (malloc_trim),
+  // deferred to the end of the batch.
+  void MaybeTrimMemory(uint64_t freed);
   Connection* Find(const ConnKey& key);
   Connection* AddConnection(const ConnectionInfo& info, ConnState state);
   void CloseHost(Connection* conn);
@@ -369,7 +385,11 @@ class Device::Impl {
   EventLoop* loop_;
   HostBackend* backend_;
   DeviceOptions opts_;
-  DeviceStats stats_;
+  mutable DeviceStats stats_;  // refusal and credit figures filled in by stats()
+  Admission admission_;
+  // Bytes of connection buffers freed since the last malloc_trim (MaybeTrimMemory).
+  uint64_t freed_since_trim_ = 0;
+  bool trim_scheduled_ = false;
   uint64_t acked_features_ = 0;
   virtio::SplitQueue* rxq_ = nullptr;
   virtio::SplitQueue* txq_ = nullptr;
@@ -385,6 +405,7 @@ class Device::Impl {
     ByteQueue bytes;
     bool not_socket = false;
     uint64_t timer = 0;
+    uint64_t held = 0;  // bytes counted in the VM's budget (Admission::Hold) until it ends
   };
   std::unordered_map<int, std::unique_ptr<Linger>> lingers_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // for deferred callbacks

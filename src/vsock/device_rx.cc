@@ -127,6 +127,7 @@ size_t Device::Impl::SendReadChains(Connection* conn, size_t n, size_t got, uint
 
 void Device::Impl::SendRw(Connection* conn, const DescChain& ch, size_t len, uint32_t flags) {
   uint32_t n = static_cast<uint32_t>(len);
+  RefreshCredit(conn);
   WriteHeader(ch, conn->MakeHeader(VIRTIO_VSOCK_OP_RW, flags, n), n);
   conn->OnSentToGuest(n);
   stats_.rx_bytes += n;
@@ -143,6 +144,7 @@ void Device::Impl::WriteHeader(const DescChain& chain, const PacketHeader& h, ui
 bool Device::Impl::SendControl(Connection* conn, uint16_t op, uint32_t flags) {
   if (!PopRxChain(&rx_pool_[0])) return false;
   // The header is made only once a buffer is in hand: it records fwd_cnt as sent.
+  RefreshCredit(conn);
   WriteHeader(rx_pool_[0], conn->MakeHeader(op, flags, 0), 0);
   return true;
 }

@@ -858,7 +858,7 @@ TEST_F(DeviceTest, HeaderSpanningDescriptorsIsParsed) {
 
 TEST_F(DeviceTest, DuplicateRequestResetsAndLimitRefuses) {
   DeviceOptions o;
-  o.max_connections = 1;
+  o.budget.max_connections = 1;
   Make(o, FakeGuestOptions{});
   Fd peer = Connect();
   // A second connection is beyond the limit.

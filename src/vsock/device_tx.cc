@@ -178,9 +178,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
 }
 
 void Device::Impl::OpenFromGuest(const PacketHeader& h) {
-  if (conns_.size() >= opts_.max_connections) {
-    LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: connection limit {} reached, refusing {}",
-                    opts_.guest_cid, opts_.max_connections, DescribeHeader(h));
+  if (AdmitFromGuest(h) != Refusal::kNone) {
     ReplyRst(h);
     return;
   }
