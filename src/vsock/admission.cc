@@ -99,11 +99,16 @@ uint32_t Admission::BufAlloc(uint32_t current, uint32_t returned, size_t connect
   const uint64_t budget = budget_.max_buffered_bytes;
   const uint64_t others = committed_ - current;
   const uint64_t reserve = Reserve(connections);
-  uint64_t target = buf_alloc_;
-  if (connections > 0 && (committed_ + reserve) * 4 > budget * 3) {
-    // Under pressure: toward a fair share of what the reserve leaves.
+  // Above 3/4 of the budget, connections move toward a fair share of it; below, they grow
+  // toward the configured size, but only up to that mark (so they do not swing back and forth).
+  const uint64_t mark = budget / 4 * 3;
+  uint64_t target;
+  if (committed_ + reserve > mark && connections > 0) {
     const uint64_t share = budget > reserve ? (budget - reserve) / connections : 0;
     target = std::clamp<uint64_t>(share, kMinBufAlloc, buf_alloc_);
+  } else {
+    const uint64_t room = mark > others + reserve ? mark - others - reserve : 0;
+    target = std::min<uint64_t>(buf_alloc_, std::max<uint64_t>(current, room));
   }
   // Never beyond the budget (with every free slot's reserve kept)...
   const uint64_t cap = budget > others + reserve ? budget - others - reserve : 0;

@@ -15,7 +15,8 @@
 //  - a new connection gets the configured buf_alloc while the budget has room, else what is
 //    left (at least kMinBufAlloc), and grows back to the configured size as its data flows;
 //  - once the VM holds more than 3/4 of its budget, connections are brought toward a fair
-//    share (budget / connections) as they move data;
+//    share (budget / connections) as they move data; below that mark they grow back toward
+//    the configured size, up to the mark;
 //  - credit is never taken back faster than the guest's data is forwarded: the new buf_alloc
 //    is at least the old one minus the bytes this header returns, so the guest's view of its
 //    credit never goes below zero (Linux before 6.x computes it in u32 and would wrap).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "base/event_loop.h"
+#include "vsock/admission.h"
 #include "vsock/testing/fake_guest.h"
 #include "vsock/testing/fake_host_backend.h"
 
@@ -1568,6 +1569,83 @@ TEST_F(SeqpacketTest, ConnectToGuestRefusedByRstOfAnotherType) {
   ASSERT_FALSE(result->ok());
   EXPECT_EQ(result->error().code, ECONNREFUSED);
   EXPECT_EQ(device_->stats().connections_active, 0u);
+}
+
+// ---- Budgets and policy (vsock/admission.h), enforced by the device -------------------
+
+TEST_F(DeviceTest, PolicyRefusesAHostPortOutsideTheListWithRst) {
+  DeviceOptions o;
+  o.policy.host_ports = *PortSet::Parse("22");
+  Make(o, FakeGuestOptions{});
+  ASSERT_TRUE(guest_->Send(guest_->Header(VIRTIO_VSOCK_OP_REQUEST, kGuestPort, kHostPort)).ok());
+  auto p = NextRx();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, VIRTIO_VSOCK_OP_RST);
+  EXPECT_EQ(device_->stats().refused_allow_host_ports, 1u);
+  EXPECT_FALSE(backend_->TakePeer(kHostPort).valid()) << "the host was never asked";
+  Fd peer = Connect(kGuestPort, 22);  // an allowed port works
+  EXPECT_TRUE(peer.valid());
+}
+
+TEST_F(DeviceTest, PolicyRefusesAGuestPortOutsideTheListWithEacces) {
+  DeviceOptions o;
+  o.policy.guest_ports = *PortSet::Parse("5000");
+  Make(o, FakeGuestOptions{});
+  auto refused = device_->ConnectToGuest(
+      5001, [](const Result<uint32_t>&) -> std::optional<HostStream> { return std::nullopt; });
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, EACCES);
+  EXPECT_NE(refused.error().context.find("allow-guest-ports"), std::string::npos);
+  EXPECT_EQ(device_->stats().refused_allow_guest_ports, 1u);
+  Pump();
+  guest_->CollectRx();
+  EXPECT_TRUE(guest_->rx_packets().empty()) << "the guest never sees a REQUEST";
+  auto allowed = device_->ConnectToGuest(
+      5000, [](const Result<uint32_t>&) -> std::optional<HostStream> { return std::nullopt; });
+  EXPECT_TRUE(allowed.ok());
+}
+
+TEST_F(DeviceTest, ConnectRateRefusesTheBurstsExcessOnly) {
+  DeviceOptions o;
+  o.budget.connect_rate = 1;
+  o.budget.connect_burst = 2;
+  Make(o, FakeGuestOptions{});
+  Fd a = Connect(2000);
+  Fd b = Connect(2001);
+  ASSERT_TRUE(a.valid() && b.valid());
+  ASSERT_TRUE(guest_->Send(guest_->Header(VIRTIO_VSOCK_OP_REQUEST, 2002, kHostPort)).ok());
+  auto p = NextRx();
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->hdr.op, VIRTIO_VSOCK_OP_RST);
+  EXPECT_EQ(p->hdr.src_port, kHostPort);
+  EXPECT_EQ(p->hdr.dst_port, 2002u);
+  EXPECT_EQ(device_->stats().refused_connect_rate, 1u);
+  // The admitted connections are not disturbed.
+  ASSERT_EQ(::write(a.get(), "x", 1), 1);
+  auto got = ReceiveRw(1);
+  EXPECT_EQ(std::string(got.begin(), got.end()), "x");
+}
+
+TEST_F(DeviceTest, AdvertisedCreditStaysWithinTheBufferedBudget) {
+  DeviceOptions o;
+  o.buf_alloc = 64 * 1024;
+  o.budget.max_connections = 4;
+  o.budget.max_buffered_bytes = 64 * 1024;
+  Make(o, FakeGuestOptions{});
+  // The first connection may take the budget less the three free slots' reserve.
+  ASSERT_TRUE(guest_->Send(guest_->Header(VIRTIO_VSOCK_OP_REQUEST, 2000, kHostPort)).ok());
+  auto resp = NextRx();
+  ASSERT_TRUE(resp);
+  ASSERT_EQ(resp->hdr.op, VIRTIO_VSOCK_OP_RESPONSE);
+  EXPECT_EQ(resp->hdr.buf_alloc, 64u * 1024 - 3 * kMinBufAlloc);
+  Fd first = backend_->TakePeer(kHostPort);
+  // The next ones get what is left: the reserved minimum.
+  ASSERT_TRUE(guest_->Send(guest_->Header(VIRTIO_VSOCK_OP_REQUEST, 2001, kHostPort)).ok());
+  resp = NextRx();
+  ASSERT_TRUE(resp);
+  EXPECT_EQ(resp->hdr.buf_alloc, kMinBufAlloc);
+  EXPECT_EQ(device_->stats().credit_committed, 64u * 1024 - 2 * kMinBufAlloc);
+  EXPECT_LE(device_->stats().credit_committed + 2 * kMinBufAlloc, o.budget.max_buffered_bytes);
 }
 
 }  // namespace
