@@ -44,7 +44,7 @@ void Device::Impl::RefreshCredit(Connection* conn) {
 void Device::Impl::MaybeTrimMemory(uint64_t freed) {
   // glibc keeps freed heap memory for reuse; after a hostile guest's buffers are gone we
   // want the pages back (RSS near its baseline), without trimming on every close.
-  constexpr uint64_t kTrimAfter = 8u << 20;
+  constexpr uint64_t kTrimAfter = 2u << 20;
   freed_since_trim_ += freed;
   if (freed_since_trim_ < kTrimAfter || trim_scheduled_ || destroying_) return;
   trim_scheduled_ = true;
