@@ -162,7 +162,7 @@ void Device::Impl::CancelConnectToGuest(uint64_t id) {
 }
 
 Device::Device(EventLoop* loop, HostBackend* backend, DeviceOptions options)
-    : impl_(std::make_unique<Impl>(loop, backend, options)) {}
+    : impl_(std::make_unique<Impl>(loop, backend, std::move(options))) {}
 Device::~Device() = default;
 
 uint64_t Device::DeviceFeatures() const { return impl_->DeviceFeatures(); }

@@ -176,7 +176,7 @@ class Device::Impl {
   Impl(EventLoop* loop, HostBackend* backend, DeviceOptions options)
       : loop_(loop),
         backend_(backend),
-        opts_(options),
+        opts_(std::move(options)),
         admission_(opts_.budget, opts_.policy, opts_.buf_alloc) {
     rx_pool_.resize(kTurnChains);
     rx_caps_.resize(kTurnChains);
