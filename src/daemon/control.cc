@@ -106,12 +106,40 @@ std::string HandleControlRequest(std::string_view line, const ControlHooks& hook
     }
     return Answer(out);
   }
+  if (cmd == "capture") {
+    if (!one_vm) return Fail("capture needs \"cid\"");
+    const std::string action = req.value("action", "");
+    vsock::CaptureOptions opts;
+    if (action == "start") {
+      opts.path = req.value("path", "");
+      if (opts.path.empty()) return Fail("capture start needs \"path\"");
+      for (const char* field : {"snaplen", "max_bytes", "max_packets"}) {
+        if (req.contains(field) && !req[field].is_number_unsigned()) {
+          return Fail(std::string("\"") + field + "\" must be a number");
+        }
+      }
+      opts.snaplen = req.value("snaplen", 0u);
+      opts.max_bytes = req.value("max_bytes", uint64_t{0});
+      opts.max_packets = req.value("max_packets", uint64_t{0});
+    } else if (action != "stop" && action != "status") {
+      return Fail("capture \"action\" is start, stop or status");
+    }
+    if (!hooks.capture) return Fail("capture is not available");
+    auto st = hooks.capture(cid, action, opts);
+    if (!st.ok()) return Fail(st.error().ToString());
+    return Answer(json{{"ok", true},
+                       {"running", st->running},
+                       {"full", st->full},
+                       {"packets", st->packets},
+                       {"bytes", st->bytes},
+                       {"path", st->path}});
+  }
   if (cmd == "reload") {
     Status s = hooks.reload();
     if (!s.ok()) return Fail(s.error().context);
     return Answer(json{{"ok", true}});
   }
-  return Fail("unknown command '" + cmd + "' (version, vms, stats, reload)");
+  return Fail("unknown command '" + cmd + "' (version, vms, stats, reload, capture)");
 }
 
 }  // namespace vsockd::daemon

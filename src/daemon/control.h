@@ -3,11 +3,12 @@
 // own user, usually root, may use it). vsockctl is its client; docs/CONTROL.md documents it.
 //
 // Requests: {"cmd": "version" | "vms" | "stats" | "reload"} (an optional "cid": N narrows
-// vms/stats to one VM). Every answer has "ok": true plus the command's fields, or "ok": false
-// and "error": "why". Unknown commands and malformed lines get an error answer; the
-// connection stays usable.
-// Callers: daemon/daemon.cc (HandleControlRequest with the daemon's hooks), vsockctl (the
-// JSON field names). Threading: the control loop's thread.
+// vms/stats to one VM), and {"cmd": "capture", "cid": N, "action": "start" | "stop" |
+// "status"} (start takes "path", and optionally "snaplen", "max_bytes", "max_packets"). Every
+// answer has "ok": true plus the command's fields, or "ok": false and "error": "why". Unknown
+// commands and malformed lines get an error answer; the connection stays usable. Callers:
+// daemon/daemon.cc (HandleControlRequest with the daemon's hooks), vsockctl (the JSON field names).
+// Threading: the control loop's thread.
 #pragma once
 
 #include <functional>
@@ -22,6 +23,10 @@ namespace vsockd::daemon {
 struct ControlHooks {
   std::function<DaemonStatus()> snapshot;
   std::function<Status()> reload;
+  // action "start" (with options), "stop" or "status" of VM cid's packet capture.
+  std::function<Result<vsock::Device::CaptureStatus>(uint64_t cid, const std::string& action,
+                                                     const vsock::CaptureOptions& options)>
+      capture;
 };
 
 // Answers one request line (without its '\n'); the answer ends with '\n'.

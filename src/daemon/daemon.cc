@@ -108,6 +108,13 @@ class Vm {
     device_options.policy = options_.policy;
     device_ = std::make_unique<vsock::Device>(loop_, routing_.get(), device_options);
     connector_->set_device(device_.get());
+    if (!options_.pcap.empty()) {
+      vsock::CaptureOptions capture;
+      capture.path = options_.pcap;
+      if (Status s = device_->StartCapture(capture); !s.ok()) {
+        return MakeError(s.error().code, "CID {}: pcap: {}", options_.guest_cid, s.error().context);
+      }
+    }
 
     device_view_ = std::make_unique<DeviceView>(device_.get(), options_.queue_size);
     vhost_ = std::make_unique<vhost_user::Backend>(loop_, device_view_.get());
@@ -148,6 +155,7 @@ class Vm {
   }
 
   const VmOptions& options() const { return options_; }
+  vsock::Device* device() { return device_.get(); }
 
   // On the VM's worker thread (or while its loop does not run).
   VmStatus Report() const {
@@ -292,7 +300,11 @@ Status Daemon::StartControlAndMetrics() {
       return MakeError(fd.error().code, "control socket (--control): {}", fd.error().context);
     }
     control_file_ = true;
-    ControlHooks hooks{[this] { return Snapshot(); }, [this] { return Reload(); }};
+    ControlHooks hooks{
+        [this] { return Snapshot(); }, [this] { return Reload(); },
+        [this](uint64_t cid, const std::string& action, const vsock::CaptureOptions& opts) {
+          return Capture(cid, action, opts);
+        }};
     control_ = std::make_unique<RequestServer>(
         loop_.get(), std::move(*fd),
         [hooks](std::string_view line) { return HandleControlRequest(line, hooks); },
@@ -400,6 +412,28 @@ bool SameLimits(const VmOptions& a, const VmOptions& b) {
 }
 
 }  // namespace
+
+Result<vsock::Device::CaptureStatus> Daemon::Capture(uint64_t cid, const std::string& action,
+                                                     const vsock::CaptureOptions& options) {
+  for (const VmSlot& slot : vms_) {
+    if (slot.vm->options().guest_cid != cid) continue;
+    Result<vsock::Device::CaptureStatus> result = MakeError(EINVAL, "unknown capture action");
+    RunOnWorker(slot.worker, [&] {
+      vsock::Device* device = slot.vm->device();
+      if (action == "start") {
+        Status s = device->StartCapture(options);
+        result = s.ok() ? Result<vsock::Device::CaptureStatus>(device->capture_status())
+                        : Result<vsock::Device::CaptureStatus>(s.error());
+      } else if (action == "stop") {
+        result = device->StopCapture();
+      } else if (action == "status") {
+        result = device->capture_status();
+      }
+    });
+    return result;
+  }
+  return MakeError(ENOENT, "no VM with CID {}", cid);
+}
 
 DaemonStatus Daemon::Snapshot() {
   DaemonStatus st;

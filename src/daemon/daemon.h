@@ -33,6 +33,7 @@
 #include "base/result.h"
 #include "daemon/options.h"
 #include "daemon/status.h"
+#include "vsock/device.h"
 
 namespace vsockd::vsock {
 class Device;
@@ -85,6 +86,11 @@ class Daemon {
   // What every VM is doing, copied on each VM's worker (no lock on the data path).
   // Thread: the control loop's, or before Run().
   DaemonStatus Snapshot();
+
+  // Starts, stops or reports a packet capture of VM `cid` (action "start", "stop",
+  // "status"), on its worker. Thread: the control loop's.
+  Result<vsock::Device::CaptureStatus> Capture(uint64_t cid, const std::string& action,
+                                               const vsock::CaptureOptions& options);
 
   // The control loop (signals).
   EventLoop* loop() { return loop_.get(); }

@@ -158,7 +158,7 @@ constexpr uint32_t kMaxQueueSize = 32768;
 constexpr uint32_t kMaxConnectTimeoutMs = 600000;
 constexpr const char* kVmKeys =
     "guest-cid, socket, uds-path, run-dir, tx-buffer-size, queue-size, ok-reply, "
-    "connect-timeout-ms, groups";
+    "connect-timeout-ms, groups, pcap";
 
 Result<uint64_t> ParseDecimal(std::string_view key, std::string_view text, uint64_t min,
                               uint64_t max) {
@@ -250,6 +250,9 @@ Status SetVmKey(VmOptions* vm, std::string_view raw_key, std::string_view value,
     auto groups = ParseGroups(value);
     if (!groups.ok()) return groups.take_error();
     vm->groups = std::move(*groups);
+  } else if (key == "pcap") {
+    if (value.empty()) return MakeError(EINVAL, "pcap: empty path");
+    vm->pcap = std::string(value);
   } else if (IsLimitKey(key)) {
     return SetLimitKey(vm, key, value);
   } else if (key == "forward-cid" || key == "forward-listen") {
@@ -567,6 +570,9 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   app.add_option("--control", o.control_path,
                  "control socket for vsockctl (created mode 0600; off by default)")
       ->type_name("PATH");
+  CLI::Option* pcap_opt =
+      app.add_option("--pcap", o.pcap, "capture the VM's packets to FILE (pcap, LINKTYPE_VSOCK)")
+          ->type_name("FILE");
   app.add_option("--metrics-listen", o.metrics_listen,
                  "serve Prometheus metrics at /metrics on unix:PATH or ADDR:PORT")
       ->type_name("ENDPOINT");
@@ -621,7 +627,7 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
 
   const bool multi = !vm_specs.empty() || !config_path.empty();
   if (multi) {
-    for (CLI::Option* single : {socket_opt, cid_opt, uds_opt, groups_opt}) {
+    for (CLI::Option* single : {socket_opt, cid_opt, uds_opt, groups_opt, pcap_opt}) {
       if (single->count() > 0) {
         return fail(fmt::format(
             "{} describes the single VM and cannot be mixed with --vm/--config (give it as a "

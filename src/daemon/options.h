@@ -53,6 +53,9 @@ struct VmOptions {
   bool seqpacket = true;
   vsock::VmBudget budget;
   vsock::AccessPolicy policy;
+  // pcap=PATH (--pcap for the single VM): capture this VM's packets from start to exit
+  // (vsock/capture.h; vsockctl capture for bounded captures of a running VM). Empty: off.
+  std::string pcap;
   // Whether max-host-fds was given for this VM (or as a default): explicit budgets must fit
   // in the open-file limit as given; the others share what is left (daemon/fd_budget.h).
   bool max_host_fds_explicit = false;

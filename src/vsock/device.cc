@@ -202,6 +202,51 @@ const DeviceStats& Device::Impl::stats() const {
   return stats_;
 }
 
+Status Device::StartCapture(const CaptureOptions& options) { return impl_->StartCapture(options); }
+Device::CaptureStatus Device::capture_status() const { return impl_->capture_status(); }
+Result<Device::CaptureStatus> Device::StopCapture() { return impl_->StopCapture(); }
+
+Status Device::Impl::StartCapture(const CaptureOptions& options) {
+  if (capture_) {
+    return MakeError(EBUSY, "vsock cid {}: a capture to '{}' is running", opts_.guest_cid,
+                     capture_->options().path);
+  }
+  auto capture = PacketCapture::Open(options);
+  if (!capture.ok()) return capture.take_error();
+  capture_ = std::move(*capture);
+  LOG_INFO("vsock cid {}: capturing packets to '{}'", opts_.guest_cid, options.path);
+  return OkStatus();
+}
+
+Device::CaptureStatus Device::Impl::capture_status() const {
+  CaptureStatus st;
+  if (!capture_) return st;
+  st.running = true;
+  st.full = capture_->full();
+  st.packets = capture_->packets();
+  st.bytes = capture_->bytes();
+  st.path = capture_->options().path;
+  return st;
+}
+
+Result<Device::CaptureStatus> Device::Impl::StopCapture() {
+  if (!capture_) return MakeError(ENOENT, "vsock cid {}: no capture is running", opts_.guest_cid);
+  CaptureStatus st = capture_status();
+  st.running = false;
+  Status flushed = capture_->Close();
+  capture_.reset();
+  LOG_INFO("vsock cid {}: capture to '{}' stopped: {} packets, {} bytes", opts_.guest_cid, st.path,
+           st.packets, st.bytes);
+  if (!flushed.ok()) return flushed.take_error();
+  return st;
+}
+
+void Device::Impl::Capture(const PacketHeader& h, const std::vector<iovec>& iov, size_t offset) {
+  capture_iov_.clear();
+  if (h.len > 0) SliceIov(iov, offset, h.len, &capture_iov_, kMaxIov);
+  capture_->Record(h, std::span<const iovec>(capture_iov_));
+}
+
 void Device::Impl::UpdateLimits(const VmBudget& budget, const AccessPolicy& policy) {
   opts_.budget = budget;
   opts_.policy = policy;

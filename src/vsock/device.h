@@ -46,6 +46,7 @@
 #include "base/event_loop.h"
 #include "base/result.h"
 #include "virtio/virtio_device.h"
+#include "vsock/capture.h"
 #include "vsock/host_backend.h"
 #include "vsock/limits.h"
 #include "vsock/packet.h"
@@ -139,6 +140,21 @@ class Device : public virtio::VirtioDevice {
   // New budgets and policy (a reload): connections opened from now on are admitted with
   // them; open connections keep going.
   void UpdateLimits(const VmBudget& budget, const AccessPolicy& policy);
+
+  // Packet capture (vsock/capture.h): every packet taken from or given to the guest from now
+  // on, until StopCapture or the capture's bounds. EBUSY while one runs. Costs one branch per
+  // packet when none runs.
+  Status StartCapture(const CaptureOptions& options);
+  struct CaptureStatus {
+    bool running = false;
+    bool full = false;  // a bound was reached: nothing more is recorded
+    uint64_t packets = 0;
+    uint64_t bytes = 0;
+    std::string path;
+  };
+  CaptureStatus capture_status() const;
+  // Flushes and closes the file; its final status (running false). ENOENT when none runs.
+  Result<CaptureStatus> StopCapture();
 
  private:
   class Impl;

@@ -217,6 +217,9 @@ class Device::Impl {
   uint64_t guest_cid() const { return opts_.guest_cid; }
   const DeviceStats& stats() const;
   void UpdateLimits(const VmBudget& budget, const AccessPolicy& policy);
+  Status StartCapture(const CaptureOptions& options);
+  CaptureStatus capture_status() const;
+  Result<CaptureStatus> StopCapture();
 
  private:
   struct GuestConnect {
@@ -387,6 +390,11 @@ class Device::Impl {
   DeviceOptions opts_;
   mutable DeviceStats stats_;  // refusal and credit figures filled in by stats()
   Admission admission_;
+  // The running capture (null: none) and the payload slice of the packet being recorded.
+  std::unique_ptr<PacketCapture> capture_;
+  std::vector<iovec> capture_iov_;
+  // Records a packet whose payload is bytes [offset, offset + h.len) of `iov`.
+  void Capture(const PacketHeader& h, const std::vector<iovec>& iov, size_t offset);
   // Bytes of connection buffers freed since the last malloc_trim (MaybeTrimMemory).
   uint64_t freed_since_trim_ = 0;
   bool trim_scheduled_ = false;

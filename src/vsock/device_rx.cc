@@ -137,6 +137,7 @@ void Device::Impl::WriteHeader(const DescChain& chain, const PacketHeader& h, ui
   uint8_t raw[kHeaderSize];
   EncodeHeader(h, raw);
   CopyToIov(chain.writable, 0, raw, kHeaderSize);
+  if (capture_) Capture(h, chain.writable, kHeaderSize);  // the payload is in place already
   rxq_->PushUsed(chain.head, static_cast<uint32_t>(kHeaderSize + payload));
   stats_.rx_packets++;
 }

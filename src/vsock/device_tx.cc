@@ -100,6 +100,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
   const PacketHeader h = DecodeHeader(raw);
   if (h.len > kMaxPacketPayload) return Drop("len above 64 KiB", &h);
   if (h.len > chain.readable_bytes - kHeaderSize) return Drop("len beyond the chain", &h);
+  if (capture_) Capture(h, chain.readable, kHeaderSize);  // what the guest sent, as it came
   if (h.src_cid != opts_.guest_cid) return Drop("spoofed src_cid", &h);
   // The destination may be the host or another VM: the backend decides whether that peer
   // exists and may be reached (an unknown or forbidden CID fails the connect: RST). CIDs

@@ -191,5 +191,39 @@ TEST_F(ObserveTest, MetricsOverTcpLoopback) {
   FAIL() << "no free loopback port";
 }
 
+// vsockctl capture of a known transfer, decoded by Wireshark's tshark: CIDs, ports, ops
+// (vsockmon and virtio) and the payload bytes both ways.
+TEST_F(ObserveTest, CaptureOfAKnownTransferDecodesWithTshark) {
+  if (RunCommand("tshark --version").exit_code != 0) {
+    if (std::getenv("VSOCKD_REQUIRE_TSHARK") != nullptr) FAIL() << "tshark is not installed";
+    GTEST_SKIP() << "tshark is not installed";
+  }
+  const std::string pcap = dir_.File("known.pcap");
+  Subprocess capture;
+  ASSERT_TRUE(capture
+                  .Start({BuiltBinary("src/tools/vsockctl/vsockctl"), "--socket", Control(),
+                          "capture", "3", "-w", pcap, "--seconds", "60"},
+                         dir_.File("capture.log"))
+                  .ok());
+  ASSERT_TRUE(WaitFor([&] { return PathExists(pcap); })) << capture.Log() << daemon_->Log();
+  Traffic(16);  // 16 pattern bytes to host port 9999, echoed back
+  EXPECT_EQ(capture.Stop(SIGINT), 0) << capture.Log();
+  EXPECT_NE(capture.Log().find("packets"), std::string::npos) << capture.Log();
+
+  auto data = PatternBytes(16, 7);
+  std::string hex;
+  for (uint8_t b : data) hex += fmt::format("{:02x}", b);
+  auto r = RunCommand("tshark -r " + pcap +
+                      " -T fields -E separator=, -e vsock.src_cid -e vsock.dst_cid"
+                      " -e vsock.dst_port -e vsock.op -e vsock.virtio.op -e vsock.payload");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("3,2,9999,1,1,"), std::string::npos) << "the REQUEST\n" << r.output;
+  EXPECT_NE(r.output.find("3,2,9999,4,5," + hex), std::string::npos) << "guest -> host\n"
+                                                                     << r.output;
+  EXPECT_NE(r.output.find("2,3,"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(",4,5," + hex), std::string::npos) << "the echo, host -> guest\n"
+                                                             << r.output;
+}
+
 }  // namespace
 }  // namespace vsockd::testing

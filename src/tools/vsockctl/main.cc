@@ -4,10 +4,14 @@
 //   vsockctl [--socket PATH] [--json] stats [CID]    packets, bytes, connections per VM
 //   vsockctl [--socket PATH] reload                  re-read vsockd's --config file
 //   vsockctl [--socket PATH] version
+//   vsockctl [--socket PATH] capture CID -w FILE [-c COUNT] [-s SNAPLEN] [--max-bytes N]
+//            [--seconds S]                     the VM's packets as pcap (Wireshark: vsock),
+//                                              until COUNT, S seconds or Ctrl-C
 // The protocol (one JSON object per line) is daemon/control.h's; --json prints vsockd's
 // answer as it came. Exit codes: 0 ok, 1 vsockd answered an error or could not be reached,
 // 2 usage.
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -15,6 +19,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "base/run_main.h"
 #include "base/unix_socket.h"
@@ -101,6 +106,60 @@ void PrintStats(const json& answer) {
              answer.at("reloads").get<uint64_t>(), answer.at("reload_failures").get<uint64_t>());
 }
 
+volatile sig_atomic_t g_interrupted = 0;
+
+// A capture from start to stop: starts it in vsockd (which writes the file), waits for the
+// count, the time or Ctrl-C, stops it, and says how much it got.
+int Capture(const std::string& socket, uint64_t cid, std::string path, uint32_t snaplen,
+            uint64_t count, uint64_t max_bytes, double seconds) {
+  if (path.empty()) {
+    std::fprintf(stderr, "vsockctl: capture needs -w FILE\n");
+    return 2;
+  }
+  if (path[0] != '/') {  // vsockd writes the file: its working directory is not ours
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof cwd) != nullptr) path = std::string(cwd) + "/" + path;
+  }
+  json start{{"cmd", "capture"},    {"cid", cid},         {"action", "start"},
+             {"path", path},        {"snaplen", snaplen}, {"max_bytes", max_bytes},
+             {"max_packets", count}};
+  auto started = Ask(socket, start);
+  if (!started.ok() || !started->value("ok", false)) {
+    std::fprintf(
+        stderr, "vsockctl: %s\n",
+        started.ok() ? started->value("error", "error").c_str() : started.error().context.c_str());
+    return 1;
+  }
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { g_interrupted = 1; };
+  ::sigaction(SIGINT, &sa, nullptr);
+  ::sigaction(SIGTERM, &sa, nullptr);
+  std::fprintf(stderr, "capturing CID %llu to %s (Ctrl-C stops)\n",
+               static_cast<unsigned long long>(cid), path.c_str());
+  const auto begin = std::chrono::steady_clock::now();
+  while (g_interrupted == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (seconds > 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count() >=
+            seconds) {
+      break;
+    }
+    auto st = Ask(socket, json{{"cmd", "capture"}, {"cid", cid}, {"action", "status"}});
+    if (!st.ok() || !st->value("ok", false) || st->value("full", false)) break;
+  }
+  auto stopped = Ask(socket, json{{"cmd", "capture"}, {"cid", cid}, {"action", "stop"}});
+  if (!stopped.ok() || !stopped->value("ok", false)) {
+    std::fprintf(
+        stderr, "vsockctl: %s\n",
+        stopped.ok() ? stopped->value("error", "error").c_str() : stopped.error().context.c_str());
+    return 1;
+  }
+  std::printf("%llu packets (%llu bytes) captured to %s\n",
+              static_cast<unsigned long long>(stopped->value("packets", uint64_t{0})),
+              static_cast<unsigned long long>(stopped->value("bytes", uint64_t{0})), path.c_str());
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app(
       "vsockctl: ask a running vsockd what it is doing, over its control socket (vsockd "
@@ -122,12 +181,32 @@ int Main(int argc, char** argv) {
   stats->add_option("CID", cid, "only this VM");
   app.add_subcommand("reload", "re-read vsockd's --config file (as SIGHUP)");
   app.add_subcommand("version", "vsockd's version");
+  CLI::App* capture = app.add_subcommand(
+      "capture", "capture a VM's packets as pcap (LINKTYPE_VSOCK, Wireshark's vsock)");
+  std::string capture_path;
+  uint32_t snaplen = 0;
+  uint64_t count = 0;
+  uint64_t max_bytes = 0;
+  double seconds = 0;
+  capture->add_option("CID", cid, "the VM")->required();
+  capture->add_option("-w,--write", capture_path, "the pcap file (written by vsockd)")
+      ->required()
+      ->type_name("FILE");
+  capture->add_option("-c,--count", count, "stop after this many packets")->type_name("N");
+  capture->add_option("-s,--snaplen", snaplen, "payload bytes kept per packet (0: all)")
+      ->type_name("BYTES");
+  capture->add_option("--max-bytes", max_bytes, "stop when the file reaches this size")
+      ->type_name("BYTES");
+  capture->add_option("--seconds", seconds, "stop after this long")->type_name("S");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   const std::string cmd = app.get_subcommands().front()->get_name();
+  if (cmd == "capture") {
+    return Capture(socket, cid, capture_path, snaplen, count, max_bytes, seconds);
+  }
   json request{{"cmd", cmd}};
   if (cid != 0) request["cid"] = cid;
   auto answer = Ask(socket, request);
