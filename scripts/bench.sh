@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVSOCKD_TESTS=OFF >/dev/null
+cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DVSOCKD_TESTS=OFF -DVSOCKD_WERROR=ON >/dev/null
 ninja -C build-release vsockd vsockd_bench vsockd_scale_bench
 if [[ " $* " != *" --no-vm "* ]]; then scripts/build-guest.sh; fi
 build-release/bench/vsockd_bench --json bench-results.json "$@"

@@ -33,7 +33,7 @@ echo "==> checking build dependencies (scripts/install-deps.sh --guest)"
 tools="$out/tools"
 if [[ ! -f "$tools/build.ninja" ]]; then
   echo "==> configuring the static guest programs in $tools"
-  cmake -S "$repo" -B "$tools" -G Ninja -DVSOCKD_STATIC=ON -DVSOCKD_TESTS=OFF \
+  cmake -S "$repo" -B "$tools" -G Ninja -DVSOCKD_STATIC=ON -DVSOCKD_TESTS=OFF -DVSOCKD_WERROR=ON \
     -DVSOCKD_BENCH=OFF >"$out/tools-configure.log" 2>&1 ||
     { cat "$out/tools-configure.log" >&2; echo "build-guest.sh: ERROR: cmake configure failed" >&2
       exit 1; }

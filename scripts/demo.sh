@@ -17,7 +17,7 @@ echo "==> [1/4] installing dependencies (apt, Debian 12)"
 scripts/install-deps.sh --guest
 
 echo "==> [2/4] building vsockd, the tools and the demo (cmake + ninja in build/)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVSOCKD_WERROR=ON >/dev/null
 ninja -C build vsockd_demo
 
 echo "==> [3/4] building the test guest (scripts/build-guest.sh -> build-guest/image)"

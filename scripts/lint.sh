@@ -12,7 +12,7 @@ echo "clang-format: clean"
 [[ "${1:-}" == "--format-only" ]] && exit 0
 
 if [[ ! -f build/compile_commands.json ]]; then
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVSOCKD_WERROR=ON >/dev/null
 fi
 echo "==> clang-tidy"
 sources=$(git ls-files '*.cc' | grep -v '_fuzz\.cc$')

@@ -30,7 +30,7 @@ export VSOCKD_REQUIRE_PROMTOOL=1
 export VSOCKD_REQUIRE_TSHARK=1
 
 step "build (RelWithDebInfo) in build/"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVSOCKD_WERROR=ON >/dev/null
 ninja -C build -j"$jobs"
 step "test guest image (scripts/build-guest.sh -> build-guest/image)"
 scripts/build-guest.sh
@@ -40,7 +40,7 @@ ctest --test-dir build --output-on-failure -j"$jobs"
 if [[ $quick -eq 1 ]]; then exit 0; fi
 
 step "build (ASan+UBSan) in build-asan/"
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVSOCKD_SANITIZE=ON \
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVSOCKD_SANITIZE=ON -DVSOCKD_WERROR=ON \
   -DVSOCKD_BENCH=OFF >/dev/null
 ninja -C build-asan -j"$jobs"
 step "tests (ASan+UBSan)"
@@ -48,7 +48,7 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
   ctest --test-dir build-asan --output-on-failure -j"$jobs"
 
 step "ThreadSanitizer build in build-tsan/: the daemon's worker threads and sibling routing"
-cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVSOCKD_TSAN=ON \
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVSOCKD_TSAN=ON -DVSOCKD_WERROR=ON \
   -DVSOCKD_BENCH=OFF >/dev/null
 ninja -C build-tsan -j"$jobs" vsockd vguest base_test host_test daemon_test integration_test \
   multi_vm_test reload_test observe_test vsockctl

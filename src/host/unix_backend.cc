@@ -96,8 +96,10 @@ class HostConnectOp : public vsock::PendingConnect {
       return;
     }
     auto fd = ConnectAsCaller(paths_[index_], caller_, type_);
-    // The next candidate only when this one does not exist at all.
-    while (!fd.ok() && fd.error().code == ENOENT && index_ + 1 < paths_.size()) {
+    // The next candidate only when this one does not exist at all, or (SEQPACKET) is a
+    // listener of the other type.
+    while (!fd.ok() && (fd.error().code == ENOENT || fd.error().code == EPROTOTYPE) &&
+           index_ + 1 < paths_.size()) {
       ++index_;
       fd = ConnectAsCaller(paths_[index_], caller_, type_);
     }
@@ -221,13 +223,17 @@ std::vector<std::string> UnixBackend::HostPortPaths(uint32_t port, uint16_t type
       (type != vsock::VIRTIO_VSOCK_TYPE_SEQPACKET || !options_.seqpacket)) {
     return paths;
   }
-  const char* suffix = type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET ? ".seqpacket" : "";
-  if (!options_.uds_path.empty()) {
-    paths.push_back(fmt::format("{}_{}{}", options_.uds_path, port, suffix));
-  }
-  for (const auto& prefix : options_.host_path_prefixes) {
-    paths.push_back(fmt::format("{}{}{}", prefix, port, suffix));
-  }
+  // SEQPACKET: the plain hybrid path first (a SOCK_SEQPACKET listener there, as Cloud
+  // Hypervisor's proposal keeps guest-initiated connections on "<path>_<port>"), then ours
+  // with ".seqpacket"; a stream listener on the plain path answers EPROTOTYPE, and the connect
+  // moves on (HostConnectOp).
+  const bool seqpacket = type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET;
+  auto add = [&](const std::string& base) {
+    paths.push_back(base);
+    if (seqpacket) paths.push_back(base + ".seqpacket");
+  };
+  if (!options_.uds_path.empty()) add(fmt::format("{}_{}", options_.uds_path, port));
+  for (const auto& prefix : options_.host_path_prefixes) add(fmt::format("{}{}", prefix, port));
   return paths;
 }
 

@@ -428,9 +428,11 @@ class GuestToHostTest : public UnixBackendTest {
   }
 
   // Starts a connect and records its outcome.
-  void Connect(uint32_t host_port) {
+  void Connect(uint32_t host_port, uint16_t type = vsock::VIRTIO_VSOCK_TYPE_STREAM) {
     called_ = false;
-    pending_ = backend_->ConnectToHost(Info(host_port), [this](Result<vsock::HostStream> r) {
+    vsock::ConnectionInfo info = Info(host_port);
+    info.type = type;
+    pending_ = backend_->ConnectToHost(info, [this](Result<vsock::HostStream> r) {
       called_ = true;
       result_ = std::move(r);
     });
@@ -633,9 +635,9 @@ TEST_F(GuestToHostTest, SeqpacketPathsAndListeners) {
   options_.host_path_prefixes = {dir_ + "/host_"};
   options_.listen_paths = {dir_ + "/cid_3"};
   StartBackend();
-  EXPECT_EQ(
-      backend_->HostPortPaths(5, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET),
-      (std::vector<std::string>{options_.uds_path + "_5.seqpacket", dir_ + "/host_5.seqpacket"}));
+  EXPECT_EQ(backend_->HostPortPaths(5, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET),
+            (std::vector<std::string>{options_.uds_path + "_5", options_.uds_path + "_5.seqpacket",
+                                      dir_ + "/host_5", dir_ + "/host_5.seqpacket"}));
   EXPECT_TRUE(backend_->HostPortPaths(5, 7).empty());
   EXPECT_EQ(backend_->ListenPaths(), (std::vector<std::string>{options_.uds_path, dir_ + "/cid_3",
                                                                options_.uds_path + ".seqpacket",
@@ -673,6 +675,34 @@ TEST_F(GuestToHostTest, HybridPathWinsWhenBothExist) {
   EXPECT_TRUE(server.valid());
   Fd other(::accept4(shared->get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   EXPECT_FALSE(other.valid());
+}
+
+// A guest SEQPACKET connect reaches a SOCK_SEQPACKET listener on the plain hybrid path...
+TEST_F(GuestToHostTest, SeqpacketReachesASeqpacketListenerOnThePlainPath) {
+  StartBackend();
+  auto plain = ListenUnix(options_.uds_path + "_77", 16, true, SOCK_SEQPACKET);
+  ASSERT_TRUE(plain.ok());
+  Connect(77, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_TRUE(result_->ok()) << result_->error().ToString();
+  EXPECT_EQ(SocketType((*result_)->fd.get()), SOCK_SEQPACKET);
+  Fd server(::accept4(plain->get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  EXPECT_TRUE(server.valid());
+}
+
+// ...and falls back to ".seqpacket" when the plain path is a stream listener (or missing).
+TEST_F(GuestToHostTest, SeqpacketFallsBackPastAStreamListener) {
+  StartBackend();
+  auto stream = ListenUnix(options_.uds_path + "_78");
+  auto seq = ListenUnix(options_.uds_path + "_78.seqpacket", 16, true, SOCK_SEQPACKET);
+  ASSERT_TRUE(stream.ok() && seq.ok());
+  Connect(78, vsock::VIRTIO_VSOCK_TYPE_SEQPACKET);
+  ASSERT_TRUE(RunUntil([&] { return called_; }));
+  ASSERT_TRUE(result_->ok()) << result_->error().ToString();
+  Fd server(::accept4(seq->get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  EXPECT_TRUE(server.valid());
+  Fd wrong(::accept4(stream->get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+  EXPECT_FALSE(wrong.valid());
 }
 
 TEST_F(GuestToHostTest, StaleHybridFileDoesNotFallBack) {
