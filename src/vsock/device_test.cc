@@ -74,7 +74,7 @@ class DeviceTest : public ::testing::Test {
     }
   }
 
-  void Make(DeviceOptions dopts, FakeGuestOptions gopts, size_t rx_buffers = 64) {
+  void Make(const DeviceOptions& dopts, FakeGuestOptions gopts, size_t rx_buffers = 64) {
     guest_.reset();
     device_.reset();
     backend_.reset();
