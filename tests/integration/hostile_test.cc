@@ -22,6 +22,20 @@
 #include "tests/integration/harness.h"
 #include "vguest/guest.h"
 
+// Under AddressSanitizer vsockd's allocator keeps freed memory in quarantine and adds shadow
+// memory: its RSS says nothing about what vsockd itself holds or gives back.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kRssMeaningful = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kRssMeaningful = false;
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+#else
+constexpr bool kRssMeaningful = true;
+#endif
+
 namespace vsockd::testing {
 namespace {
 
@@ -246,7 +260,9 @@ TEST_F(HostileTest, AHostileGuestStaysWithinItsBudgetAndTheOtherVmIsServed) {
   const int fds = FdCount(proc_.pid());
   std::printf("vsockd RssAnon %ld KiB (baseline %ld), VmRSS %ld KiB, fds %d (baseline %d)\n", rss,
               base_rss, ProcKb(proc_.pid(), "VmRSS:"), fds, base_fds);
-  EXPECT_LT(rss - base_rss, static_cast<long>(kHostileBudgetBytes / 1024) + 32 * 1024);
+  if (kRssMeaningful) {
+    EXPECT_LT(rss - base_rss, static_cast<long>(kHostileBudgetBytes / 1024) + 32 * 1024);
+  }
   EXPECT_LE(fds - base_fds, kHostileBudgetConns + 8);
   EXPECT_NE(proc_.Log().find("max-connections (budget)"), std::string::npos) << proc_.Log();
 
@@ -260,7 +276,9 @@ TEST_F(HostileTest, AHostileGuestStaysWithinItsBudgetAndTheOtherVmIsServed) {
   WaitFor([&] { return ProcKb(proc_.pid(), "RssAnon:") - base_rss < 2 * 1024; }, 5s);
   const long after = ProcKb(proc_.pid(), "RssAnon:");
   std::printf("vsockd RssAnon after the hostile guest left: %ld KiB\n", after);
-  EXPECT_LT(after - base_rss, 2 * 1024) << "RSS back near its baseline";
+  if (kRssMeaningful) {
+    EXPECT_LT(after - base_rss, 2 * 1024) << "RSS back near its baseline";
+  }
 }
 
 TEST_F(HostileTest, AConnectStormIsRateLimitedAndTheOtherVmConnects) {
