@@ -161,19 +161,25 @@ class HostileTest : public ::testing::Test {
   // Guest `cid` opens `n` connections to host port `port`, each writing `bytes` (never
   // finishing if the host does not read). Returns when every connect has completed.
   std::pair<int, int> OpenMany(uint64_t cid, uint32_t port, int n, size_t bytes) {
-    std::atomic<int> ok{0}, refused{0};
-    const std::vector<uint8_t> data(bytes, 0x5a);
+    // Shared with the callbacks: a connect may still complete after a timed-out wait.
+    struct Tally {
+      std::atomic<int> ok{0};
+      std::atomic<int> refused{0};
+      std::vector<uint8_t> data;
+    };
+    auto tally = std::make_shared<Tally>();
+    tally->data.assign(bytes, 0x5a);
     loop_.Call([&] {
       for (int i = 0; i < n; ++i) {
-        guests_[cid]->Connect(port, [&, bytes](vguest::Stream* s, const Status& st) {
+        guests_[cid]->Connect(port, [this, tally](vguest::Stream* s, const Status& st) {
           if (!st.ok()) {
-            ++refused;
+            ++tally->refused;
             return;
           }
-          ++ok;
-          if (bytes > 0) {
-            auto d =
-                std::make_unique<StreamDriver>(s, std::make_shared<StreamObserver>(), data, false);
+          ++tally->ok;
+          if (!tally->data.empty()) {
+            auto d = std::make_unique<StreamDriver>(s, std::make_shared<StreamObserver>(),
+                                                    tally->data, false);
             d->Start();
             drivers_.push_back(std::move(d));
           }
@@ -181,8 +187,9 @@ class HostileTest : public ::testing::Test {
       }
       return 0;
     });
-    EXPECT_TRUE(WaitFor([&] { return ok + refused == n; }, 30s)) << ok << "+" << refused;
-    return {ok.load(), refused.load()};
+    EXPECT_TRUE(WaitFor([&] { return tally->ok + tally->refused == n; }, 120s))
+        << tally->ok << "+" << tally->refused;
+    return {tally->ok.load(), tally->refused.load()};
   }
 
   // Victim: guest -> host echo of `bytes`; the seconds it took (negative on failure).
