@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "base/log.h"
+#include "daemon/inherited_sockets.h"
 #include "host/device_connector.h"
 #include "host/sibling_router.h"
 #include "host/unix_backend.h"
@@ -63,8 +64,10 @@ bool FileIdentity(const std::string& path, dev_t* dev, ino_t* ino) {
 // One VM: device, host backends, vhost-user session, all on one worker's loop.
 class Vm {
  public:
-  Vm(VmOptions options, EventLoop* loop, host::SiblingRouter* router)
-      : options_(std::move(options)), loop_(loop), router_(router) {}
+  // `inherited`: the daemon's socket-activation pool (may be null: paths only).
+  Vm(VmOptions options, EventLoop* loop, host::SiblingRouter* router,
+     InheritedSockets* inherited = nullptr)
+      : options_(std::move(options)), loop_(loop), router_(router), inherited_(inherited) {}
 
   Status Init() {
     // The device needs its HostBackend at construction and the backends reach the device
@@ -106,11 +109,10 @@ class Vm {
       return MakeError(s.error().code, "CID {}: hybrid socket (--uds-path / --run-dir): {}",
                        options_.guest_cid, s.error().context);
     }
-    if (Status s = vhost_->Listen(options_.socket_path); !s.ok()) {
+    if (Status s = ListenVhostUser(); !s.ok()) {
       return MakeError(s.error().code, "CID {}: vhost-user socket (--socket): {}",
                        options_.guest_cid, s.error().context);
     }
-    socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
     if (router_ != nullptr) {
       VSOCKD_RETURN_IF_ERROR(
           router_->Register(options_.guest_cid, options_.groups, loop_, connector_.get()));
@@ -134,6 +136,23 @@ class Vm {
         "groups {}",
         VersionString(), options_.guest_cid, options_.socket_path, host_side,
         options_.tx_buffer_size, options_.queue_size, fmt::join(options_.groups, "+"));
+    return OkStatus();
+  }
+
+  // The vhost-user socket: an inherited one (socket activation) when there is one for it,
+  // else a socket file of our own (removed again in the destructor).
+  Status ListenVhostUser() {
+    auto spec = ParseSocketSpec(options_.socket_path);
+    if (!spec.ok()) return spec.take_error();
+    if (inherited_ != nullptr) {
+      auto fd = inherited_->Find(*spec);
+      if (!fd.ok()) return fd.take_error();
+      if (fd->valid()) return vhost_->ListenOn(std::move(*fd), options_.socket_path);
+    } else if (spec->kind != SocketSpec::Kind::kPath) {
+      return MakeError(EINVAL, "'{}': no inherited sockets here", options_.socket_path);
+    }
+    VSOCKD_RETURN_IF_ERROR(vhost_->Listen(options_.socket_path));
+    socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
     return OkStatus();
   }
 
@@ -166,6 +185,7 @@ class Vm {
   VmOptions options_;
   EventLoop* loop_;
   host::SiblingRouter* router_;
+  InheritedSockets* inherited_;
   bool registered_ = false;
   std::unique_ptr<host::DeviceGuestConnector> connector_;
   std::unique_ptr<host::UnixBackend> host_;
@@ -189,12 +209,19 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(const Options& options, bool hand
   return daemon;
 }
 
-Daemon::Daemon(Options options) : options_(std::move(options)) {}
+Daemon::Daemon(Options options)
+    : options_(std::move(options)), inherited_(std::make_unique<InheritedSockets>()) {}
 
 Status Daemon::Init(bool handle_signals) {
   auto loop = EventLoop::Create();
   if (!loop.ok()) return loop.take_error();
   loop_ = std::move(*loop);
+  // Socket activation: the vhost-user sockets systemd passed, if any.
+  auto inherited = InheritedSockets::FromEnvironment();
+  if (!inherited.ok()) {
+    return MakeError(inherited.error().code, "socket activation: {}", inherited.error().context);
+  }
+  *inherited_ = std::move(*inherited);
 
   if (handle_signals) {
     // Blocked here, before any worker exists: the workers inherit the mask, so only the
@@ -221,11 +248,15 @@ Status Daemon::Init(bool handle_signals) {
   }
   router_ = std::make_unique<host::SiblingRouter>();
   for (size_t i = 0; i < options_.vms.size(); ++i) {
-    auto vm =
-        std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get());
+    auto vm = std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get(),
+                                   inherited_.get());
     Status s = vm->Init();
     vms_.push_back(std::move(vm));  // destroyed (sockets removed) with the daemon on failure
     if (!s.ok()) return s;
+  }
+  for (const std::string& unused : inherited_->Unused()) {
+    LOG_WARN("socket activation: the socket {} systemd passed is no VM's socket: not served",
+             unused);
   }
   if (options_.vms.size() > 1) {
     LOG_INFO("{} VMs on {} worker thread{}", options_.vms.size(), workers, workers == 1 ? "" : "s");
