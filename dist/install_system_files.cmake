@@ -19,6 +19,10 @@ endif()
 set(VSOCKD_SYSCONFDIR "${sysconfdir}")
 set(VSOCKD_SBINDIR "${prefix}/${VSOCKD_SBINDIR}")
 file(READ "${VSOCKD_DIST_DIR}/systemd/service-common.conf" VSOCKD_SERVICE_COMMON)
+# One work directory per destination: installs may run at once (CTest runs its tests in
+# parallel, and two of them install).
+string(MD5 destination "$ENV{DESTDIR}${prefix}")
+set(VSOCKD_WORK_DIR "${VSOCKD_WORK_DIR}/${destination}")
 file(MAKE_DIRECTORY "${VSOCKD_WORK_DIR}")
 set(units "")
 foreach(unit vsockd.service vsockd@.service vsockd.socket vsockd@.socket)
