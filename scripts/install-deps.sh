@@ -8,15 +8,19 @@
 #            program in the demo), socat; gcc and xz-utils build the kernel's vsock_test
 #            from linux-source-X.Y. The guest's kernel, busybox and the kernel source are
 #            downloaded with `apt-get download`, never installed.
+# help2man makes the man pages from the programs' --help at build time. --test also adds what
+# tests/package checks the .deb packages and service units with: dpkg-dev (dpkg-shlibdeps,
+# for CPack's dependencies), lintian, and systemd (systemd-analyze verify,
+# systemd-socket-activate; it is not started).
 set -euo pipefail
 
 pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat
-      nlohmann-json3-dev libyaml-cpp-dev)
+      nlohmann-json3-dev libyaml-cpp-dev help2man)
 guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip gcc libc6-dev xz-utils)
 for arg in "$@"; do
   case "$arg" in
     --test) pkgs+=(clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3 tshark
-                   "${guest_pkgs[@]}") ;;
+                   dpkg-dev lintian systemd "${guest_pkgs[@]}") ;;
     --guest) pkgs+=("${guest_pkgs[@]}") ;;
     *) echo "install-deps.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac

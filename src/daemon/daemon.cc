@@ -16,6 +16,7 @@
 #include "base/log.h"
 #include "daemon/control.h"
 #include "daemon/fd_budget.h"
+#include "daemon/inherited_sockets.h"
 #include "daemon/metrics.h"
 #include "daemon/readiness.h"
 #include "daemon/request_server.h"
@@ -71,8 +72,10 @@ bool FileIdentity(const std::string& path, dev_t* dev, ino_t* ino) {
 // One VM: device, host backends, vhost-user session, all on one worker's loop.
 class Vm {
  public:
-  Vm(VmOptions options, EventLoop* loop, host::SiblingRouter* router)
-      : options_(std::move(options)), loop_(loop), router_(router) {}
+  // `inherited`: the daemon's socket-activation pool (may be null: paths only).
+  Vm(VmOptions options, EventLoop* loop, host::SiblingRouter* router,
+     InheritedSockets* inherited = nullptr)
+      : options_(std::move(options)), loop_(loop), router_(router), inherited_(inherited) {}
 
   Status Init() {
     // The device needs its HostBackend at construction and the backends reach the device
@@ -123,11 +126,10 @@ class Vm {
       return MakeError(s.error().code, "CID {}: hybrid socket (--uds-path / --run-dir): {}",
                        options_.guest_cid, s.error().context);
     }
-    if (Status s = vhost_->Listen(options_.socket_path); !s.ok()) {
+    if (Status s = ListenVhostUser(); !s.ok()) {
       return MakeError(s.error().code, "CID {}: vhost-user socket (--socket): {}",
                        options_.guest_cid, s.error().context);
     }
-    socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
     if (router_ != nullptr) {
       VSOCKD_RETURN_IF_ERROR(
           router_->Register(options_.guest_cid, options_.groups, loop_, connector_.get()));
@@ -158,7 +160,7 @@ class Vm {
   vsock::Device* device() { return device_.get(); }
 
   // On the VM's worker thread (or while its loop does not run).
-  VmStatus Report() const {
+  VmStatus Report(bool with_connections) const {
     VmStatus st;
     st.cid = options_.guest_cid;
     st.socket_path = options_.socket_path;
@@ -171,6 +173,7 @@ class Vm {
     if (vhost_) {
       st.attached = vhost_->connected();
       st.sessions = vhost_->sessions();
+      st.session_errors = vhost_->session_errors();
       st.acked_features = vhost_->acked_features();
       st.rx_queue_size = vhost_->queue_size(0);
       st.tx_queue_size = vhost_->queue_size(1);
@@ -180,6 +183,7 @@ class Vm {
     if (device_) {
       st.seqpacket = device_->seqpacket_negotiated();
       st.stats = device_->stats();
+      if (with_connections) st.connections = device_->Connections();
     }
     return st;
   }
@@ -191,6 +195,23 @@ class Vm {
     options_.max_host_fds_explicit = updated.max_host_fds_explicit;
     if (device_) device_->UpdateLimits(options_.budget, options_.policy);
     LOG_INFO("CID {}: budgets and policy reloaded (new connections)", options_.guest_cid);
+  }
+
+  // The vhost-user socket: an inherited one (socket activation) when there is one for it,
+  // else a socket file of our own (removed again in the destructor).
+  Status ListenVhostUser() {
+    auto spec = ParseSocketSpec(options_.socket_path);
+    if (!spec.ok()) return spec.take_error();
+    if (inherited_ != nullptr) {
+      auto fd = inherited_->Find(*spec);
+      if (!fd.ok()) return fd.take_error();
+      if (fd->valid()) return vhost_->ListenOn(std::move(*fd), options_.socket_path);
+    } else if (spec->kind != SocketSpec::Kind::kPath) {
+      return MakeError(EINVAL, "'{}': no inherited sockets here", options_.socket_path);
+    }
+    VSOCKD_RETURN_IF_ERROR(vhost_->Listen(options_.socket_path));
+    socket_created_ = FileIdentity(options_.socket_path, &socket_dev_, &socket_ino_);
+    return OkStatus();
   }
 
   // On the VM's worker thread, or while its loop does not run.
@@ -222,6 +243,7 @@ class Vm {
   VmOptions options_;
   EventLoop* loop_;
   host::SiblingRouter* router_;
+  InheritedSockets* inherited_;
   bool registered_ = false;
   std::unique_ptr<host::DeviceGuestConnector> connector_;
   std::unique_ptr<host::UnixBackend> host_;
@@ -245,12 +267,19 @@ Result<std::unique_ptr<Daemon>> Daemon::Create(const Options& options, bool hand
   return daemon;
 }
 
-Daemon::Daemon(Options options) : options_(std::move(options)) {}
+Daemon::Daemon(Options options)
+    : options_(std::move(options)), inherited_(std::make_unique<InheritedSockets>()) {}
 
 Status Daemon::Init(bool handle_signals) {
   auto loop = EventLoop::Create();
   if (!loop.ok()) return loop.take_error();
   loop_ = std::move(*loop);
+  // Socket activation: the vhost-user sockets systemd passed, if any.
+  auto inherited = InheritedSockets::FromEnvironment();
+  if (!inherited.ok()) {
+    return MakeError(inherited.error().code, "socket activation: {}", inherited.error().context);
+  }
+  *inherited_ = std::move(*inherited);
 
   if (handle_signals) {
     // Blocked here, before any worker exists: the workers inherit the mask, so only the
@@ -279,12 +308,16 @@ Status Daemon::Init(bool handle_signals) {
   }
   router_ = std::make_unique<host::SiblingRouter>();
   for (size_t i = 0; i < options_.vms.size(); ++i) {
-    auto vm =
-        std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get());
+    auto vm = std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get(),
+                                   inherited_.get());
     Status s = vm->Init();
     // Destroyed (sockets removed) with the daemon on failure.
     vms_.push_back(VmSlot{std::move(vm), i % workers});
     if (!s.ok()) return s;
+  }
+  for (const std::string& unused : inherited_->Unused()) {
+    LOG_WARN("socket activation: the socket {} systemd passed is no VM's socket: not served",
+             unused);
   }
   VSOCKD_RETURN_IF_ERROR(StartControlAndMetrics());
   if (options_.vms.size() > 1) {
@@ -301,7 +334,8 @@ Status Daemon::StartControlAndMetrics() {
     }
     control_file_ = true;
     ControlHooks hooks{
-        [this] { return Snapshot(); }, [this] { return Reload(); },
+        [this](bool with_connections) { return Snapshot(with_connections); },
+        [this] { return Reload(); },
         [this](uint64_t cid, const std::string& action, const vsock::CaptureOptions& opts) {
           return Capture(cid, action, opts);
         }};
@@ -380,7 +414,8 @@ Status Daemon::AddVm(const VmOptions& options) {
   for (const VmSlot& slot : vms_) ++load[slot.worker];
   const size_t worker =
       static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-  auto vm = std::make_unique<Vm>(options, workers_[worker].loop.get(), router_.get());
+  auto vm =
+      std::make_unique<Vm>(options, workers_[worker].loop.get(), router_.get(), inherited_.get());
   Status s;
   RunOnWorker(worker, [&] {
     s = vm->Init();
@@ -435,7 +470,7 @@ Result<vsock::Device::CaptureStatus> Daemon::Capture(uint64_t cid, const std::st
   return MakeError(ENOENT, "no VM with CID {}", cid);
 }
 
-DaemonStatus Daemon::Snapshot() {
+DaemonStatus Daemon::Snapshot(bool with_connections) {
   DaemonStatus st;
   st.version = VersionString();
   st.uptime_seconds =
@@ -446,7 +481,7 @@ DaemonStatus Daemon::Snapshot() {
   st.reload_failures = reload_failures_;
   for (const VmSlot& slot : vms_) {
     VmStatus vm;
-    RunOnWorker(slot.worker, [&] { vm = slot.vm->Report(); });
+    RunOnWorker(slot.worker, [&] { vm = slot.vm->Report(with_connections); });
     vm.worker = slot.worker;
     st.vms.push_back(std::move(vm));
   }

@@ -17,7 +17,9 @@
 // Lifetime of the sockets: Create() listens, for every VM, on its socket_path (vhost-user),
 // uds_path (hybrid, when set) and "<run_dir>/cid_<CID>" (when run_dir is set; the directory
 // is created if missing), replacing stale socket files; on failure, or in the destructor,
-// every file that is still the one it created is removed.
+// every file that is still the one it created is removed. A vhost-user socket given as fd:N
+// or systemd:NAME, or passed by systemd (LISTEN_FDS) bound to the VM's socket path, is served
+// as it is and never removed (daemon/inherited_sockets.h).
 #pragma once
 
 #include <sys/types.h>
@@ -49,6 +51,7 @@ namespace vsockd::daemon {
 
 class Vm;
 class RequestServer;
+class InheritedSockets;
 
 class Daemon {
  public:
@@ -85,7 +88,7 @@ class Daemon {
 
   // What every VM is doing, copied on each VM's worker (no lock on the data path).
   // Thread: the control loop's, or before Run().
-  DaemonStatus Snapshot();
+  DaemonStatus Snapshot(bool with_connections = false);
 
   // Starts, stops or reports a packet capture of VM `cid` (action "start", "stop",
   // "status"), on its worker. Thread: the control loop's.
@@ -120,6 +123,8 @@ class Daemon {
   Options options_;
   std::unique_ptr<EventLoop> loop_;  // control loop
   Fd signal_fd_;
+  // Socket activation's listening sockets (daemon/inherited_sockets.h); VMs take duplicates.
+  std::unique_ptr<InheritedSockets> inherited_;
   // Destroyed in reverse: VMs first (they unregister from the router and use their worker's
   // loop), then the router, then the workers' loops.
   std::vector<Worker> workers_;

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "daemon/inherited_sockets.h"
 #include "daemon/limit_keys.h"
 #include "vsock/admission.h"
 
@@ -84,6 +85,16 @@ constexpr const char* kFooter =
     "Start QEMU once vsockd is ready: --ready-fd, or systemd Type=notify (NOTIFY_SOCKET).\n"
     "SIGINT/SIGTERM stop vsockd cleanly and remove the sockets it created. SIGHUP re-reads\n"
     "--config FILE: VMs added, removed or changed apply at once, the others are untouched.";
+
+// Socket activation (daemon/inherited_sockets.h), appended to the footer.
+constexpr const char* kSocketActivationHelp =
+    "\n"
+    "Socket activation (QEMU may start before vsockd): a VM's vhost-user socket (--socket,\n"
+    "the socket key) may be fd:N, a listening Unix socket inherited as descriptor N, or\n"
+    "systemd:NAME, the socket systemd passed with FileDescriptorName=NAME. A socket systemd\n"
+    "passed (LISTEN_FDS) that is bound to a VM's socket PATH is used for it as well; vsockd\n"
+    "then leaves the file alone. Inherited sockets must be listening AF_UNIX stream sockets\n"
+    "(a socket unit with ListenStream=PATH and Accept=no).";
 
 std::string UsageError(const std::string& message) {
   return fmt::format("vsockd: error: {}\nRun 'vsockd --help' for usage.\n", message);
@@ -218,6 +229,8 @@ Status SetVmKey(VmOptions* vm, std::string_view raw_key, std::string_view value,
     vm->guest_cid = *cid;
   } else if (key == "socket") {
     if (value.empty()) return MakeError(EINVAL, "socket: empty path");
+    // PATH, fd:N or systemd:NAME (daemon/inherited_sockets.h).
+    if (auto spec = ParseSocketSpec(value); !spec.ok()) return spec.take_error();
     vm->socket_path = std::string(value);
   } else if (key == "uds-path") {
     if (value.empty()) return MakeError(EINVAL, "uds-path: empty path");
@@ -484,7 +497,7 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   Options& o = out.options;
 
   CLI::App app(kDescription, "vsockd");
-  app.footer(kFooter);
+  app.footer(std::string(kFooter) + kSocketActivationHelp);
   app.set_version_flag("--version", VersionString());
   app.get_formatter()->column_width(34);
 
@@ -501,7 +514,8 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   // options before unknown ones, and "--socket is required" is a poor answer to a typo.
   CLI::Option* socket_opt =
       app.add_option("--socket", o.socket_path,
-                     "vhost-user socket to listen on (QEMU's chardev path), required")
+                     "vhost-user socket to listen on (QEMU's chardev path), or fd:N or "
+                     "systemd:NAME (an inherited socket, see below); required")
           ->type_name("PATH");
   CLI::Option* cid_opt = app.add_option("--guest-cid", cid_text, "guest context ID, 3..4294967294")
                              ->type_name("CID")
@@ -660,6 +674,9 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
   }
 
   if (o.socket_path.empty()) return fail("--socket is required (or --vm / --config)");
+  if (auto spec = ParseSocketSpec(o.socket_path); !spec.ok()) {
+    return fail(fmt::format("--{}", spec.error().context));
+  }
   if (o.uds_path.empty() && o.run_dir.empty()) {
     return fail("--uds-path is required (or --run-dir)");
   }

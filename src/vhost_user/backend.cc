@@ -63,7 +63,21 @@ Status Backend::Listen(const std::string& path) {
   if (listener_) return MakeError(EBUSY, "vhost-user backend already listening");
   auto fd = ListenUnix(path, /*backlog=*/16, /*nonblocking=*/true);
   if (!fd.ok()) return fd.take_error();
-  listener_ = std::move(*fd);
+  VSOCKD_RETURN_IF_ERROR(Watch(std::move(*fd)));
+  LOG_INFO("vhost-user backend listening on {}", path);
+  return OkStatus();
+}
+
+Status Backend::ListenOn(Fd listener, const std::string& name) {
+  if (listener_) return MakeError(EBUSY, "vhost-user backend already listening");
+  VSOCKD_RETURN_IF_ERROR(SetNonBlocking(listener.get(), true));
+  VSOCKD_RETURN_IF_ERROR(Watch(std::move(listener)));
+  LOG_INFO("vhost-user backend listening on {} (inherited socket)", name);
+  return OkStatus();
+}
+
+Status Backend::Watch(Fd listener) {
+  listener_ = std::move(listener);
   if (!conn_) {
     auto st = loop_->Add(listener_.get(), EPOLLIN, [this](uint32_t) { OnAcceptable(); });
     if (!st.ok()) {
@@ -72,7 +86,6 @@ Status Backend::Listen(const std::string& path) {
     }
     listener_watched_ = true;
   }
-  LOG_INFO("vhost-user backend listening on {}", path);
   return OkStatus();
 }
 

@@ -56,6 +56,10 @@ class Backend {
   // Listens on a Unix socket path (a stale socket file is replaced) and serves frontends
   // one after the other.
   Status Listen(const std::string& path);
+  // Serves frontends from an already-listening Unix stream socket (socket activation:
+  // systemd's LISTEN_FDS or an inherited descriptor). The socket file, if any, is not ours:
+  // nothing is unlinked. The descriptor is made non-blocking. `name` is for the log.
+  Status ListenOn(Fd listener, const std::string& name);
   // Serves an already-connected frontend (socketpair in tests, socket activation). Fails
   // with EBUSY while another frontend is connected. The socket is made blocking with
   // receive/send timeouts (a frontend stalling inside a message is dropped, not waited for).
@@ -100,6 +104,8 @@ class Backend {
     uint16_t prev_stop_idx = 0;
   };
 
+  // Keeps `listener` and watches it while no frontend is connected.
+  Status Watch(Fd listener);
   void OnAcceptable();
   void OnReadable(uint32_t events);
   void OnKick(uint32_t index, uint32_t events);

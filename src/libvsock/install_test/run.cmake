@@ -1,4 +1,4 @@
-# libvsock_install_test: installs the libvsock component of BUILD_DIR into a temporary
+# libvsock_install_test: installs the libvsock components of BUILD_DIR into a temporary
 # prefix, then builds and runs consumer.cc twice: with find_package(vsock) (shared and
 # static) and with pkg-config. Offline; run by CTest as `cmake -P`.
 foreach(v BUILD_DIR WORK_DIR CONSUMER_DIR GENERATOR CXX)
@@ -19,6 +19,7 @@ file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR})
 set(prefix ${WORK_DIR}/prefix)
 run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} --component libvsock)
+run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} --component libvsock-dev)
 
 foreach(f include/vsock/vsock.h include/vsock/address.h)
   if(NOT EXISTS ${prefix}/${f})
