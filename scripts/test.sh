@@ -15,7 +15,9 @@ quick=0
 jobs=$(nproc)
 fuzz_seconds=${VSOCKD_FUZZ_SECONDS:-20}
 
-step() { echo; echo "==> $*"; }
+# Each step says how long the run has taken so far (CI has 90 minutes for all of it).
+step() { echo; echo "==> [$SECONDS s] $*"; }
+trap 'echo "==> [$SECONDS s] done (exit $?)"' EXIT
 
 step "installing dependencies"
 scripts/install-deps.sh --test

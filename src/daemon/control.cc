@@ -42,6 +42,14 @@ json VmJson(const VmStatus& vm) {
   };
 }
 
+json RstJson(const vsock::DeviceStats& s) {
+  json out = json::object();
+  for (size_t r = 1; r < vsock::kRstReasons; ++r) {
+    out[vsock::RstReasonName(static_cast<vsock::RstReason>(r))] = s.rst_by_reason[r];
+  }
+  return out;
+}
+
 json StatsJson(const VmStatus& vm) {
   const vsock::DeviceStats& s = vm.stats;
   return json{{"cid", vm.cid},
@@ -52,6 +60,11 @@ json StatsJson(const VmStatus& vm) {
               {"rx_bytes", s.rx_bytes},
               {"dropped_packets", s.dropped_packets},
               {"rst_sent", s.rst_sent},
+              {"rst_by_reason", RstJson(s)},
+              {"credit_stalls", s.credit_stalls},
+              {"kicks", {{"rx", s.rx_kicks}, {"tx", s.tx_kicks}}},
+              {"interrupts", {{"rx", s.rx_interrupts}, {"tx", s.tx_interrupts}}},
+              {"vhost_user_errors", vm.session_errors},
               {"connections_opened", s.connections_opened},
               {"connections_active", s.connections_active},
               {"buffered_bytes", s.buffered_bytes},
@@ -63,6 +76,40 @@ json StatsJson(const VmStatus& vm) {
                 {"allow_host_ports", s.refused_allow_host_ports},
                 {"allow_guest_ports", s.refused_allow_guest_ports},
                 {"allow_siblings", s.refused_allow_siblings}}}};
+}
+
+json ShutdownJson(uint32_t flags) {
+  json bits = json::array();
+  if (flags & vsock::VIRTIO_VSOCK_SHUTDOWN_RCV) bits.push_back("rcv");
+  if (flags & vsock::VIRTIO_VSOCK_SHUTDOWN_SEND) bits.push_back("send");
+  return bits;
+}
+
+json ConnsJson(const VmStatus& vm) {
+  json list = json::array();
+  for (const vsock::Device::ConnectionStatus& c : vm.connections) {
+    list.push_back(json{
+        {"type", c.info.type == vsock::VIRTIO_VSOCK_TYPE_SEQPACKET ? "seqpacket" : "stream"},
+        {"initiator", c.host_initiated ? "peer" : "guest"},
+        {"guest_port", c.info.guest_port},
+        {"peer_cid", c.info.host_cid},
+        {"peer_port", c.info.host_port},
+        {"state", c.state},
+        {"bytes_from_guest", c.bytes_from_guest},
+        {"bytes_to_guest", c.bytes_to_guest},
+        {"buffered", c.buffered},
+        {"credit",
+         {{"buf_alloc", c.buf_alloc},
+          {"guest_may_send", c.guest_credit},
+          {"guest_buf_alloc", c.peer_buf_alloc},
+          {"we_may_send", c.peer_credit}}},
+        {"guest_shutdown", ShutdownJson(c.guest_shutdown)},
+        {"age_seconds", c.age_seconds},
+        {"host_local", c.host_local},
+        {"host_peer", c.host_peer},
+    });
+  }
+  return json{{"cid", vm.cid}, {"uds_path", vm.uds_path}, {"connections", list}};
 }
 
 std::string Answer(const json& j) { return j.dump() + "\n"; }
@@ -86,15 +133,15 @@ std::string HandleControlRequest(std::string_view line, const ControlHooks& hook
     cid = c->get<uint64_t>();
   }
   if (cmd == "version") {
-    DaemonStatus st = hooks.snapshot();
+    DaemonStatus st = hooks.snapshot(false);
     return Answer(json{{"ok", true}, {"version", st.version}});
   }
-  if (cmd == "vms" || cmd == "stats") {
-    DaemonStatus st = hooks.snapshot();
+  if (cmd == "vms" || cmd == "stats" || cmd == "conns") {
+    DaemonStatus st = hooks.snapshot(cmd == "conns");
     json list = json::array();
     for (const VmStatus& vm : st.vms) {
       if (one_vm && vm.cid != cid) continue;
-      list.push_back(cmd == "vms" ? VmJson(vm) : StatsJson(vm));
+      list.push_back(cmd == "vms" ? VmJson(vm) : cmd == "stats" ? StatsJson(vm) : ConnsJson(vm));
     }
     if (one_vm && list.empty()) return Fail("no VM with CID " + std::to_string(cid));
     json out{{"ok", true}, {"vms", list}};
@@ -139,7 +186,7 @@ std::string HandleControlRequest(std::string_view line, const ControlHooks& hook
     if (!s.ok()) return Fail(s.error().context);
     return Answer(json{{"ok", true}});
   }
-  return Fail("unknown command '" + cmd + "' (version, vms, stats, reload, capture)");
+  return Fail("unknown command '" + cmd + "' (version, vms, stats, conns, reload, capture)");
 }
 
 }  // namespace vsockd::daemon

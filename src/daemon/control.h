@@ -2,8 +2,8 @@
 // `--control PATH` (off by default; the socket file is created mode 0600, so only vsockd's
 // own user, usually root, may use it). vsockctl is its client; docs/CONTROL.md documents it.
 //
-// Requests: {"cmd": "version" | "vms" | "stats" | "reload"} (an optional "cid": N narrows
-// vms/stats to one VM), and {"cmd": "capture", "cid": N, "action": "start" | "stop" |
+// Requests: {"cmd": "version" | "vms" | "stats" | "conns" | "reload"} (an optional "cid": N
+// narrows vms/stats/conns to one VM), and {"cmd": "capture", "cid": N, "action": "start" | "stop" |
 // "status"} (start takes "path", and optionally "snaplen", "max_bytes", "max_packets"). Every
 // answer has "ok": true plus the command's fields, or "ok": false and "error": "why". Unknown
 // commands and malformed lines get an error answer; the connection stays usable. Callers:
@@ -21,7 +21,8 @@
 namespace vsockd::daemon {
 
 struct ControlHooks {
-  std::function<DaemonStatus()> snapshot;
+  // with_connections: fill VmStatus::connections too (vsockctl conns).
+  std::function<DaemonStatus(bool with_connections)> snapshot;
   std::function<Status()> reload;
   // action "start" (with options), "stop" or "status" of VM cid's packet capture.
   std::function<Result<vsock::Device::CaptureStatus>(uint64_t cid, const std::string& action,

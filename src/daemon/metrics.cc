@@ -85,6 +85,19 @@ std::string RenderMetrics(const DaemonStatus& status) {
   per_vm("vsockd_vhost_user_sessions_total", "counter",
          "vhost-user sessions (frontends attached) since start.",
          [](const VmStatus& vm) { return vm.sessions; });
+  per_vm("vsockd_vhost_user_errors_total", "counter",
+         "vhost-user sessions ended by a malformed or impossible frontend message.",
+         [](const VmStatus& vm) { return vm.session_errors; });
+  {
+    Family f(&out, "vsockd_queue_notifications_total", "counter",
+             "Queue notifications: kicks from the guest, interrupts to it.");
+    for (const auto& vm : vms) {
+      f.Sample(Cid(vm) + ",queue=\"rx\",kind=\"kick\"", vm.stats.rx_kicks);
+      f.Sample(Cid(vm) + ",queue=\"tx\",kind=\"kick\"", vm.stats.tx_kicks);
+      f.Sample(Cid(vm) + ",queue=\"rx\",kind=\"interrupt\"", vm.stats.rx_interrupts);
+      f.Sample(Cid(vm) + ",queue=\"tx\",kind=\"interrupt\"", vm.stats.tx_interrupts);
+    }
+  }
   {
     Family f(&out, "vsockd_queue_size", "gauge", "Virtqueue size the frontend set (0: unset).");
     for (const auto& vm : vms) {
@@ -110,6 +123,20 @@ std::string RenderMetrics(const DaemonStatus& status) {
          [](const VmStatus& vm) { return vm.stats.dropped_packets; });
   per_vm("vsockd_rst_sent_total", "counter", "RST packets sent to the guest.",
          [](const VmStatus& vm) { return vm.stats.rst_sent; });
+  {
+    Family f(&out, "vsockd_connections_reset_total", "counter",
+             "Connections ended or refused with an RST to the guest, by reason.");
+    for (const auto& vm : vms) {
+      for (size_t r = 1; r < vsock::kRstReasons; ++r) {
+        f.Sample(fmt::format("{},reason=\"{}\"", Cid(vm),
+                             vsock::RstReasonName(static_cast<vsock::RstReason>(r))),
+                 vm.stats.rst_by_reason[r]);
+      }
+    }
+  }
+  per_vm("vsockd_credit_stalls_total", "counter",
+         "Times a connection had host data for the guest and no credit left to send it.",
+         [](const VmStatus& vm) { return vm.stats.credit_stalls; });
   per_vm("vsockd_connections_opened_total", "counter", "Connections established.",
          [](const VmStatus& vm) { return vm.stats.connections_opened; });
   per_vm("vsockd_connections", "gauge", "Connections open now.",

@@ -26,6 +26,7 @@ struct VmStatus {
   // vhost-user: a frontend attached now, sessions since start, what it negotiated.
   bool attached = false;
   uint64_t sessions = 0;
+  uint64_t session_errors = 0;  // sessions ended by a bad frontend message
   uint64_t acked_features = 0;
   bool seqpacket = false;
   uint32_t rx_queue_size = 0;  // 0 while not set
@@ -36,6 +37,8 @@ struct VmStatus {
   vsock::VmBudget budget;
   vsock::AccessPolicy policy;
   vsock::DeviceStats stats;
+  // Only in a snapshot taken with connections (vsockctl conns).
+  std::vector<vsock::Device::ConnectionStatus> connections;
 };
 
 struct DaemonStatus {

@@ -143,6 +143,7 @@ void Backend::EndSession(const Error& why) {
     LOG_INFO("vhost-user frontend disconnected (session {})", sessions_);
   } else {
     LOG_WARN("vhost-user session {} ended: {}", sessions_, why.ToString());
+    if (why.code != ECONNABORTED) ++session_errors_;  // not our own disconnect
   }
   for (uint32_t i = 0; i < vrings_.size(); ++i) StopQueue(i);
   ResetSessionState();

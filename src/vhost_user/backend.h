@@ -78,6 +78,8 @@ class Backend {
   uint64_t acked_features() const { return acked_features_; }
   uint64_t acked_protocol_features() const { return protocol_features_; }
   uint64_t sessions() const { return sessions_; }
+  // Sessions ended by a frontend's malformed or impossible message (not by its disconnect).
+  uint64_t session_errors() const { return session_errors_; }
   // A vring's size as the frontend set it (0: not set, or no such vring) and whether it runs.
   uint32_t queue_size(uint32_t index) const {
     return index < vrings_.size() ? vrings_[index]->num : 0;
@@ -147,6 +149,7 @@ class Backend {
   bool listener_watched_ = false;
   Fd conn_;
   uint64_t sessions_ = 0;
+  uint64_t session_errors_ = 0;
 
   // Session state.
   uint64_t acked_features_ = 0;

@@ -67,6 +67,7 @@
 #include <sys/uio.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -136,7 +137,11 @@ class Connection {
   static constexpr uint32_t kCtrlCreditReply = 16;  // CREDIT_UPDATE answering CREDIT_REQUEST
 
   Connection(const ConnectionInfo& info, ConnState state, uint32_t buf_alloc)
-      : info_(info), state_(state), buf_alloc_(buf_alloc) {}
+      : info_(info),
+        state_(state),
+        host_initiated_(state == ConnState::kConnectingGuest),
+        opened_(std::chrono::steady_clock::now()),
+        buf_alloc_(buf_alloc) {}
 
   static ConnKey MakeKey(uint32_t guest_port, uint64_t peer_cid, uint32_t peer_port) {
     return ConnKey{guest_port, peer_port, peer_cid};
@@ -155,14 +160,20 @@ class Connection {
   }
   // Bytes we may still send the guest.
   uint32_t PeerFree() const { return PeerCredit(peer_buf_alloc_, tx_cnt_, peer_fwd_cnt_); }
-  void OnSentToGuest(uint32_t n) { tx_cnt_ += n; }
+  void OnSentToGuest(uint32_t n) {
+    tx_cnt_ += n;
+    bytes_to_guest_ += n;
+  }
 
   // True if accepting `len` more guest bytes stays within the credit we advertised.
   bool GuestMaySend(uint32_t len) const {
     uint64_t used = static_cast<uint32_t>(rx_cnt_ - last_fwd_cnt_sent_);
     return used + len <= buf_alloc_;
   }
-  void OnReceivedFromGuest(uint32_t n) { rx_cnt_ += n; }
+  void OnReceivedFromGuest(uint32_t n) {
+    rx_cnt_ += n;
+    bytes_from_guest_ += n;
+  }
   void OnForwardedToHost(uint32_t n) { fwd_cnt_ += n; }
   // Guest bytes received and not yet written to the host (pending iovecs + buffer).
   uint32_t Unforwarded() const { return rx_cnt_ - fwd_cnt_; }
@@ -207,6 +218,12 @@ class Connection {
   uint32_t rx_cnt() const { return rx_cnt_; }
   uint32_t fwd_cnt() const { return fwd_cnt_; }
   uint32_t last_fwd_cnt_sent() const { return last_fwd_cnt_sent_; }
+  // Payload bytes each way since the connection opened (the u32 counters above wrap).
+  uint64_t bytes_to_guest() const { return bytes_to_guest_; }
+  uint64_t bytes_from_guest() const { return bytes_from_guest_; }
+  // Who opened it (a host peer, or a sibling VM: the device sent REQUEST) and when.
+  bool host_initiated() const { return host_initiated_; }
+  std::chrono::steady_clock::time_point opened() const { return opened_; }
 
   // --- Shutdown -----------------------------------------------------------------------
   // ORs the guest's SHUTDOWN flags (sticky); returns the bits that are new.
@@ -232,6 +249,11 @@ class Connection {
     if (state_ != ConnState::kEstablished) return false;
     if (prefix_pending() || out_msg_pending() || HostReadWanted()) return PeerFree() > 0;
     return false;
+  }
+  // Host data is ready for the guest but the guest's credit is spent.
+  bool WaitsForGuestCredit() const {
+    return state_ == ConnState::kEstablished &&
+           (prefix_pending() || out_msg_pending() || HostReadWanted()) && PeerFree() == 0;
   }
   bool prefix_pending() const { return prefix_off < prefix.size(); }
   bool out_msg_pending() const { return out_msg_off < out_msg.size(); }
@@ -265,7 +287,8 @@ class Connection {
   ByteQueue buffer;
 
   bool in_rx_queue = false;
-  bool rx_streaming = false;  // the last host read filled every rx buffer it was given
+  bool credit_stalled = false;  // counted in DeviceStats::credit_stalls until credit returns
+  bool rx_streaming = false;    // the last host read filled every rx buffer it was given
 
   // --- SEQPACKET (see device.cc, "SEQPACKET") ------------------------------------------
   // Guest -> host: the complete messages, oldest first, then `partial_bytes` of the message
@@ -297,6 +320,10 @@ class Connection {
  private:
   ConnectionInfo info_;
   ConnState state_;
+  bool host_initiated_;
+  std::chrono::steady_clock::time_point opened_;
+  uint64_t bytes_to_guest_ = 0;
+  uint64_t bytes_from_guest_ = 0;
 
   uint32_t buf_alloc_;
   uint32_t peer_buf_alloc_ = 0;

@@ -59,8 +59,10 @@ void Device::Impl::QueueStopped(uint32_t index) {
 
 void Device::Impl::QueueKicked(uint32_t index) {
   if (index == kTxQueue) {
+    ++stats_.tx_kicks;
     ProcessTx();
   } else if (index == kRxQueue) {
+    ++stats_.rx_kicks;
     ScheduleRx();
   }
 }
@@ -138,7 +140,7 @@ Result<uint64_t> Device::Impl::StartGuestConnect(const ConnectionInfo& info,
     c->timer = 0;
     LOG_DEBUG("vsock cid {}: connect to guest port {} timed out", opts_.guest_cid,
               c->info().guest_port);
-    FailGuestConnect(c, ETIMEDOUT, /*send_rst=*/false);
+    FailGuestConnect(c, ETIMEDOUT, RstReason::kNone);
   });
   conn->pending_ctrl |= Connection::kCtrlRequest;
   MaybeQueueRx(conn);
@@ -158,7 +160,8 @@ void Device::Impl::CancelConnectToGuest(uint64_t id) {
   if (conn == nullptr || conn->guest_connect_id != id) return;
   conn->guest_connect_id = 0;
   // The guest may already be accepting: tell it the connection is gone.
-  FreeConnection(conn, /*send_rst=*/conn->request_sent);
+  // The host peer gave up: a guest that heard our REQUEST hears the end.
+  FreeConnection(conn, conn->request_sent ? RstReason::kClosed : RstReason::kNone);
 }
 
 Device::Device(EventLoop* loop, HostBackend* backend, DeviceOptions options)
@@ -253,5 +256,27 @@ void Device::Impl::UpdateLimits(const VmBudget& budget, const AccessPolicy& poli
   admission_.Update(budget, policy);
 }
 const DeviceStats& Device::stats() const { return impl_->stats(); }
+
+std::vector<Device::ConnectionStatus> Device::Connections() const { return impl_->Connections(); }
+
+const char* RstReasonName(RstReason reason) {
+  switch (reason) {
+    case RstReason::kNone:
+      return "none";
+    case RstReason::kClosed:
+      return "closed";
+    case RstReason::kRefused:
+      return "refused";
+    case RstReason::kHostError:
+      return "host_error";
+    case RstReason::kCloseTimeout:
+      return "close_timeout";
+    case RstReason::kProtocol:
+      return "protocol";
+    case RstReason::kUnknownConnection:
+      return "unknown_connection";
+  }
+  return "?";
+}
 
 }  // namespace vsockd::vsock

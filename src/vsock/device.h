@@ -37,6 +37,7 @@
 //    across as many rx buffers as credit allows.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -75,6 +76,20 @@ struct DeviceOptions {
   bool offer_seqpacket = true;
 };
 
+// Why the device sent a guest an RST (DeviceStats::rst_by_reason, metrics label "reason").
+enum class RstReason : uint8_t {
+  kNone,               // no RST
+  kClosed,             // the normal end: both sides are done (Linux ends connections so too)
+  kRefused,            // a connect refused: host service unreachable, budget or policy
+  kHostError,          // the host socket failed (read or write error, an oversized message)
+  kCloseTimeout,       // the guest did not answer our SHUTDOWN within close_timeout
+  kProtocol,           // the guest broke the protocol (credit exceeded, bad type or address)
+  kUnknownConnection,  // a packet for a connection that does not exist
+};
+inline constexpr size_t kRstReasons = 7;
+// "closed", "refused", "host_error", "close_timeout", "protocol", "unknown_connection".
+const char* RstReasonName(RstReason reason);
+
 struct DeviceStats {
   uint64_t tx_packets = 0;       // guest -> device packets
   uint64_t rx_packets = 0;       // device -> guest packets
@@ -82,6 +97,16 @@ struct DeviceStats {
   uint64_t rx_bytes = 0;         // payload bytes host -> guest
   uint64_t dropped_packets = 0;  // invalid guest packets dropped
   uint64_t rst_sent = 0;
+  std::array<uint64_t, kRstReasons> rst_by_reason{};  // RSTs queued, by RstReason (kNone: 0)
+  // Queue notifications: the guest's kicks of each queue, and our interrupts (used-buffer
+  // notifications) to it.
+  uint64_t rx_kicks = 0;
+  uint64_t tx_kicks = 0;
+  uint64_t rx_interrupts = 0;
+  uint64_t tx_interrupts = 0;
+  // Times a connection had host data for the guest and no credit left to send it (the
+  // guest's reader is slower than the host's writer).
+  uint64_t credit_stalls = 0;
   uint64_t connections_opened = 0;
   uint64_t connections_active = 0;
   uint64_t buffered_bytes = 0;    // guest data waiting for slow host readers, all connections
@@ -136,6 +161,29 @@ class Device : public virtio::VirtioDevice {
 
   uint64_t guest_cid() const;
   const DeviceStats& stats() const;
+
+  // One open connection as `vsockctl conns` shows it (a copy; the table is not touched).
+  struct ConnectionStatus {
+    ConnectionInfo info;          // guest and peer addresses, type
+    bool host_initiated = false;  // the peer (host program or sibling) opened it
+    const char* state = "";       // ConnStateName
+    uint64_t bytes_from_guest = 0;
+    uint64_t bytes_to_guest = 0;
+    uint32_t buffered = 0;        // guest bytes not yet taken by the host peer
+    uint32_t buf_alloc = 0;       // what we advertise
+    uint32_t guest_credit = 0;    // what the guest may still send (as it last heard)
+    uint32_t peer_buf_alloc = 0;  // what the guest advertises
+    uint32_t peer_credit = 0;     // what we may still send the guest
+    uint32_t guest_shutdown = 0;  // VIRTIO_VSOCK_SHUTDOWN_* the guest sent
+    double age_seconds = 0;
+    // The host socket's two ends (getsockname/getpeername; Unix paths): a guest connecting
+    // to host port P shows <uds_path>_P as its peer, a hybrid CONNECT <uds_path> as its local
+    // address. Empty for unnamed ends (sibling bridges) and while connecting.
+    std::string host_local;
+    std::string host_peer;
+  };
+  // On the device's thread (daemon: Daemon::Snapshot posts it there). Sorted by guest port.
+  std::vector<ConnectionStatus> Connections() const;
 
   // New budgets and policy (a reload): connections opened from now on are admitted with
   // them; open connections keep going.

@@ -1,10 +1,63 @@
 // Device::Impl: the connection table and each connection's life: set-up both ways, the
 // host stream attached, half-close, closing, lingering for a vanished guest, reset.
 #include <malloc.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <tuple>
 
 #include "vsock/device_impl.h"
 
 namespace vsockd::vsock {
+namespace {
+
+// A Unix socket end's path ("@name" for an abstract one), "" when unnamed or not AF_UNIX.
+std::string UnixName(int fd, bool peer) {
+  sockaddr_un sun{};
+  socklen_t len = sizeof(sun);
+  auto* sa = reinterpret_cast<sockaddr*>(&sun);
+  if ((peer ? ::getpeername(fd, sa, &len) : ::getsockname(fd, sa, &len)) != 0) return "";
+  if (sun.sun_family != AF_UNIX || len <= offsetof(sockaddr_un, sun_path)) return "";
+  const size_t n = std::min<size_t>(len - offsetof(sockaddr_un, sun_path), sizeof(sun.sun_path));
+  if (sun.sun_path[0] == '\0') return n > 1 ? "@" + std::string(sun.sun_path + 1, n - 1) : "";
+  return std::string(sun.sun_path, strnlen(sun.sun_path, n));
+}
+
+}  // namespace
+
+std::vector<Device::ConnectionStatus> Device::Impl::Connections() const {
+  std::vector<Device::ConnectionStatus> out;
+  out.reserve(conns_.size());
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& [key, conn] : conns_) {
+    Device::ConnectionStatus c;
+    c.info = conn->info();
+    c.host_initiated = conn->host_initiated();
+    c.state = ConnStateName(conn->state());
+    c.bytes_from_guest = conn->bytes_from_guest();
+    c.bytes_to_guest = conn->bytes_to_guest();
+    c.buffered = conn->Unforwarded();
+    c.buf_alloc = conn->buf_alloc();
+    c.guest_credit = conn->GuestViewFree();
+    c.peer_buf_alloc = conn->peer_buf_alloc();
+    c.peer_credit = conn->PeerFree();
+    c.guest_shutdown = conn->peer_shutdown();
+    c.age_seconds = std::chrono::duration<double>(now - conn->opened()).count();
+    if (conn->host_fd.valid()) {
+      c.host_local = UnixName(conn->host_fd.get(), /*peer=*/false);
+      c.host_peer = UnixName(conn->host_fd.get(), /*peer=*/true);
+    }
+    out.push_back(std::move(c));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.info.guest_port, a.info.host_cid, a.info.host_port) <
+           std::tie(b.info.guest_port, b.info.host_cid, b.info.host_port);
+  });
+  return out;
+}
 
 Connection* Device::Impl::Find(const ConnKey& key) {
   auto it = conns_.find(key);
@@ -171,11 +224,13 @@ void Device::Impl::DestroyPendingConnect(Connection* conn) {
   loop_->Defer([p] {});
 }
 
-void Device::Impl::FreeConnection(Connection* conn, bool send_rst) {
-  LOG_DEBUG("vsock: close {}:{} <-> {}:{} ({}){}", conn->info().guest_cid, conn->info().guest_port,
-            conn->info().host_cid, conn->info().host_port, ConnStateName(conn->state()),
-            send_rst ? ", RST" : "");
-  if (send_rst) {
+void Device::Impl::FreeConnection(Connection* conn, RstReason rst) {
+  LOG_DEBUG("vsock: close {}:{} <-> {}:{} ({}){}{}", conn->info().guest_cid,
+            conn->info().guest_port, conn->info().host_cid, conn->info().host_port,
+            ConnStateName(conn->state()), rst != RstReason::kNone ? ", RST: " : "",
+            rst != RstReason::kNone ? RstReasonName(rst) : "");
+  if (rst != RstReason::kNone) {
+    ++stats_.rst_by_reason[static_cast<size_t>(rst)];
     replies_.push_back(conn->MakeHeader(VIRTIO_VSOCK_OP_RST, 0, 0));
     ScheduleRx();
   }
@@ -216,7 +271,7 @@ void Device::Impl::ResetAll(bool notify_connects, bool linger) {
   }
 }
 
-void Device::Impl::FailGuestConnect(Connection* conn, int code, bool send_rst) {
+void Device::Impl::FailGuestConnect(Connection* conn, int code, RstReason rst) {
   GuestConnectDone done;
   auto it = guest_connects_.find(conn->guest_connect_id);
   if (it != guest_connects_.end()) {
@@ -225,7 +280,7 @@ void Device::Impl::FailGuestConnect(Connection* conn, int code, bool send_rst) {
   }
   conn->guest_connect_id = 0;
   uint32_t port = conn->info().guest_port;
-  FreeConnection(conn, send_rst);
+  FreeConnection(conn, rst);
   if (done) done(MakeError(code, "connect to guest port {}", port));
 }
 
@@ -276,11 +331,11 @@ void Device::Impl::OnHostConnected(ConnKey key, Result<HostStream> result) {
   if (!result.ok()) {
     LOG_DEBUG("vsock: guest {} -> host port {}: {}", conn->info().guest_port,
               conn->info().host_port, result.error().ToString());
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kRefused);
     return;
   }
   if (!AttachHost(conn, std::move(result).value())) {
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kRefused);
     return;
   }
   conn->set_state(ConnState::kEstablished);
@@ -335,7 +390,7 @@ void Device::Impl::StartCloseTimer(Connection* conn) {
     if (c == nullptr) return;
     c->timer = 0;
     LOG_DEBUG("vsock: close timeout for guest port {}", c->info().guest_port);
-    FreeConnection(c, /*send_rst=*/true);
+    FreeConnection(c, RstReason::kCloseTimeout);
   });
 }
 
@@ -358,7 +413,15 @@ void Device::Impl::OnHostEof(Connection* conn) {
 }
 
 void Device::Impl::MaybeQueueRx(Connection* conn) {
-  if (conn->in_rx_queue || !conn->WantsRx()) return;
+  if (conn->in_rx_queue) return;
+  if (!conn->WantsRx()) {
+    if (!conn->credit_stalled && conn->WaitsForGuestCredit()) {
+      conn->credit_stalled = true;
+      ++stats_.credit_stalls;
+    }
+    return;
+  }
+  conn->credit_stalled = false;
   conn->in_rx_queue = true;
   rx_fifo_.push_back(conn->key());
   ScheduleRx();
@@ -377,7 +440,7 @@ bool Device::Impl::MaybeFinishGuestSend(Connection* conn) {
     // SHUTDOWN of both directions (it closed meanwhile) ends it now, as the kernel's host
     // side does: a Linux guest that closes waits for our RST (up to 8 s) before it frees
     // the socket.
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kClosed);
     return false;
   }
   if (conn->state() != ConnState::kEstablished || !conn->guest_sends_no_more()) return true;
@@ -392,7 +455,7 @@ bool Device::Impl::MaybeFinishGuestSend(Connection* conn) {
   // SHUTDOWN(SEND) while that guest may still send (vsock_test "SOCK_STREAM client
   // close" between two guests expects EPIPE once it sees the peer's close).
   if (conn->guest_fully_shut()) {
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kClosed);
     return false;
   }
   if (!conn->host_shut_wr && conn->host_fd.valid()) {

@@ -216,6 +216,7 @@ class Device::Impl {
 
   uint64_t guest_cid() const { return opts_.guest_cid; }
   const DeviceStats& stats() const;
+  std::vector<Device::ConnectionStatus> Connections() const;
   void UpdateLimits(const VmBudget& budget, const AccessPolicy& policy);
   Status StartCapture(const CaptureOptions& options);
   CaptureStatus capture_status() const;
@@ -261,14 +262,15 @@ class Device::Impl {
   // A PendingConnect may be the object whose callback is running: destroy it later.
   void DestroyPendingConnect(Connection* conn);
 
-  // Frees the connection now; with send_rst, an RST goes to the guest (bounded reply queue:
-  // at most one per connection on top of the tx-driven ones).
-  void FreeConnection(Connection* conn, bool send_rst);
+  // Frees the connection now; unless rst is RstReason::kNone, an RST goes to the guest
+  // (bounded reply queue: at most one per connection on top of the tx-driven ones), counted
+  // under its reason.
+  void FreeConnection(Connection* conn, RstReason rst);
 
   // linger: deliver what we buffered for host peers (LingerHost); only when the frontend
   // went away, never on a driver reset, which the guest can repeat at will.
   void ResetAll(bool notify_connects, bool linger = false);
-  void FailGuestConnect(Connection* conn, int code, bool send_rst);
+  void FailGuestConnect(Connection* conn, int code, RstReason rst);
   bool AttachHost(Connection* conn, HostStream stream);
   void OnHostConnected(ConnKey key, Result<HostStream> result);
   void OnHostEvent(ConnKey key, uint32_t events);
@@ -294,7 +296,7 @@ class Device::Impl {
   void Drop(const char* why, const PacketHeader* hdr);
 
   // RST for a packet that has no connection (src/dst swapped, type echoed). Never for an RST.
-  void ReplyRst(const PacketHeader& h);
+  void ReplyRst(const PacketHeader& h, RstReason why);
 
   // A protocol violation on a known connection: RST it.
   void Violation(Connection* conn, const PacketHeader& h, const char* why);

@@ -69,7 +69,9 @@ void Device::Impl::RunRx() {
   }
   // Kicks are only useful while we wait for buffers.
   if (!starved) q->DisableKicks();
+  const uint64_t notified = q->notifications_sent();
   q->Notify();
+  stats_.rx_interrupts += q->notifications_sent() - notified;
   if (tx_blocked_ && replies_.size() < ReplyCap()) {
     tx_blocked_ = false;
     ProcessTx();
@@ -268,7 +270,7 @@ auto Device::Impl::SendData(Connection* conn) -> Served {
     rxq_->Unpop(static_cast<uint16_t>(n));
     LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
               std::strerror(read_error));
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kHostError);
     return Served::kFreed;
   }
   if (read_error != 0) conn->host_readable = false;

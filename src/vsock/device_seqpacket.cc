@@ -57,7 +57,7 @@ bool Device::Impl::FlushMessagesToHost(Connection* conn) {
                         "resetting",
                         opts_.guest_cid, conn->info().guest_port, m.len,
                         sent < 0 ? std::strerror(errno) : "short write");
-        FreeConnection(conn, /*send_rst=*/true);
+        FreeConnection(conn, RstReason::kHostError);
         return false;
       }
       if (m.direct) {
@@ -195,7 +195,7 @@ bool Device::Impl::ReadHostMessageToGuest(Connection* conn, size_t max_chains, s
         }
         LOG_DEBUG("vsock: host read for guest port {}: {}", conn->info().guest_port,
                   std::strerror(errno));
-        FreeConnection(conn, /*send_rst=*/true);
+        FreeConnection(conn, RstReason::kHostError);
         *served = Served::kFreed;
         return false;
       }
@@ -219,7 +219,7 @@ bool Device::Impl::ReadHostMessageToGuest(Connection* conn, size_t max_chains, s
                       "limit {} (guest buf_alloc {}, ours {}), resetting",
                       opts_.guest_cid, conn->info().guest_port, size - trailer, limit,
                       conn->peer_buf_alloc(), opts_.buf_alloc);
-      FreeConnection(conn, /*send_rst=*/true);
+      FreeConnection(conn, RstReason::kHostError);
       *served = Served::kFreed;
       return false;
     }

@@ -46,7 +46,9 @@ void Device::Impl::ProcessTx() {
     if (txq_ != q) break;  // a callback stopped the device meanwhile: do not touch q
     for (uint16_t head : tx_used_) q->PushUsed(head, 0);
     tx_used_.clear();
+    const uint64_t notified = q->notifications_sent();
     q->Notify();
+    stats_.tx_interrupts += q->notifications_sent() - notified;
     if (broken) {
       if (!tx_broken_logged_) {
         LOG_WARN("vsock cid {}: tx queue is corrupt, no longer used", opts_.guest_cid);
@@ -76,8 +78,9 @@ void Device::Impl::Drop(const char* why, const PacketHeader* hdr) {
   }
 }
 
-void Device::Impl::ReplyRst(const PacketHeader& h) {
+void Device::Impl::ReplyRst(const PacketHeader& h, RstReason why) {
   if (h.op == VIRTIO_VSOCK_OP_RST) return;
+  ++stats_.rst_by_reason[static_cast<size_t>(why)];
   replies_.push_back(MakeRstReply(h));
 }
 
@@ -85,9 +88,9 @@ void Device::Impl::Violation(Connection* conn, const PacketHeader& h, const char
   LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: {} in state {}, resetting: {}", opts_.guest_cid,
                   why, ConnStateName(conn->state()), DescribeHeader(h));
   if (conn->state() == ConnState::kConnectingGuest) {
-    FailGuestConnect(conn, ECONNRESET, /*send_rst=*/true);
+    FailGuestConnect(conn, ECONNRESET, RstReason::kProtocol);
   } else {
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kProtocol);
   }
 }
 
@@ -109,7 +112,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
       h.op > VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
     LOG_RATELIMITED(LogLevel::kWarn, "vsock cid {}: refused tx packet: {}", opts_.guest_cid,
                     DescribeHeader(h));
-    ReplyRst(h);
+    ReplyRst(h, RstReason::kProtocol);
     return;
   }
   ConnKey key = Connection::MakeKey(h.src_port, h.dst_cid, h.dst_port);
@@ -118,7 +121,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
     if (h.op == VIRTIO_VSOCK_OP_REQUEST) return OpenFromGuest(h);
     LOG_DEBUG("vsock cid {}: packet for unknown connection: {}", opts_.guest_cid,
               DescribeHeader(h));
-    ReplyRst(h);
+    ReplyRst(h, RstReason::kUnknownConnection);
     return;
   }
   // An RST ends the connection whatever its type says (the state switch below tells a
@@ -129,7 +132,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
   conn->UpdatePeerCredit(h);
   switch (conn->state()) {
     case ConnState::kConnectingHost:
-      if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+      if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, RstReason::kNone);
       if (h.op == VIRTIO_VSOCK_OP_CREDIT_UPDATE || h.op == VIRTIO_VSOCK_OP_CREDIT_REQUEST) {
         return;  // the RESPONSE will carry our credit
       }
@@ -141,11 +144,11 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
       if (h.op == VIRTIO_VSOCK_OP_RST) {
         LOG_DEBUG("vsock cid {}: guest port {} refused the connection", opts_.guest_cid,
                   h.src_port);
-        return FailGuestConnect(conn, ECONNREFUSED, /*send_rst=*/false);
+        return FailGuestConnect(conn, ECONNREFUSED, RstReason::kNone);
       }
       return Violation(conn, h, "unexpected packet while connecting to the guest");
     case ConnState::kClosing:
-      if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, false);
+      if (h.op == VIRTIO_VSOCK_OP_RST) return FreeConnection(conn, RstReason::kNone);
       if (h.op == VIRTIO_VSOCK_OP_SHUTDOWN) {
         conn->AddPeerShutdown(h.flags);
         (void)MaybeFinishGuestSend(conn);  // both directions shut: RST now
@@ -156,7 +159,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
   }
   switch (h.op) {
     case VIRTIO_VSOCK_OP_RST:
-      return FreeConnection(conn, false);
+      return FreeConnection(conn, RstReason::kNone);
     case VIRTIO_VSOCK_OP_REQUEST:
       return Violation(conn, h, "REQUEST for an existing connection");
     case VIRTIO_VSOCK_OP_RESPONSE:
@@ -180,7 +183,7 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
 
 void Device::Impl::OpenFromGuest(const PacketHeader& h) {
   if (AdmitFromGuest(h) != Refusal::kNone) {
-    ReplyRst(h);
+    ReplyRst(h, RstReason::kRefused);
     return;
   }
   ConnectionInfo info{opts_.guest_cid, h.src_port, h.dst_cid, h.dst_port, h.type};
@@ -213,7 +216,7 @@ void Device::Impl::CompleteGuestConnect(Connection* conn) {
   conn = Find(key);  // done() may have re-entered the device
   if (conn == nullptr || conn->state() != ConnState::kConnectingGuest) return;
   if (!stream || !AttachHost(conn, std::move(*stream))) {
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kRefused);
     return;
   }
   conn->set_state(ConnState::kEstablished);
@@ -235,7 +238,7 @@ bool Device::Impl::HandleRw(Connection* conn, const PacketHeader& h, const DescC
                     "vsock cid {}: guest exceeded its credit (buf_alloc {}, unforwarded {}), "
                     "resetting: {}",
                     opts_.guest_cid, conn->buf_alloc(), conn->Unforwarded(), DescribeHeader(h));
-    FreeConnection(conn, /*send_rst=*/true);
+    FreeConnection(conn, RstReason::kProtocol);
     return false;
   }
   conn->OnReceivedFromGuest(h.len);
@@ -314,7 +317,7 @@ bool Device::Impl::FlushToHost(Connection* conn) {
         }
         LOG_DEBUG("vsock: host write for guest port {}: {}", conn->info().guest_port,
                   std::strerror(errno));
-        FreeConnection(conn, /*send_rst=*/true);
+        FreeConnection(conn, RstReason::kHostError);
         return false;
       }
       written += static_cast<size_t>(n);

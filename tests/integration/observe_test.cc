@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -96,6 +97,7 @@ class ObserveTest : public ::testing::Test {
   LoopThread loop_;
   std::unique_ptr<vguest::Guest> guest_;
   std::unique_ptr<StreamDriver> driver_;
+  vguest::Stream* guest_out_ = nullptr;  // owned by guest_
 };
 
 TEST_F(ObserveTest, VsockctlShowsTheVmAndItsTraffic) {
@@ -138,6 +140,92 @@ TEST_F(ObserveTest, VsockctlShowsTheVmAndItsTraffic) {
                  " stats");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("--control"), std::string::npos) << r.output;
+}
+
+// vsockctl conns lists both kinds of connection with their addresses, bytes each way, state
+// and the host socket each is bridged to.
+TEST_F(ObserveTest, VsockctlConnsListsOpenConnections) {
+  // Guest -> host port 9998: a host service that accepts and keeps the connection open.
+  auto service = ListenUnix(daemon_->uds_path() + "_9998", 8, /*nonblocking=*/false);
+  ASSERT_TRUE(service.ok()) << service.error().ToString();
+  std::atomic<uint32_t> guest_port{0};
+  loop_.Call([&] {
+    guest_->Connect(9998, [&](vguest::Stream* s, const Status& st) {
+      if (!st.ok()) return;
+      s->Write("hello", 5);
+      guest_port = s->local_port();
+      guest_out_ = s;
+    });
+    return 0;
+  });
+  Fd accepted(::accept(service->get(), nullptr, nullptr));
+  ASSERT_TRUE(accepted.valid());
+  char five[5];
+  ASSERT_EQ(::recv(accepted.get(), five, 5, MSG_WAITALL), 5);
+  // Host -> guest port 5001 through the hybrid socket, 3 bytes the other way.
+  ASSERT_TRUE(loop_.Call([&] { return guest_->Listen(5001, [](vguest::Stream*) {}); }).ok());
+  auto host = HybridConnect(daemon_->uds_path(), 5001);
+  ASSERT_TRUE(host.ok()) << host.error().ToString() << "\n" << daemon_->Log();
+  ASSERT_EQ(::write(host->get(), "abc", 3), 3);
+
+  json conns;
+  ASSERT_TRUE(WaitFor([&] {
+    auto r = RunCommand(Vsockctl("--json conns 3"));
+    if (r.exit_code != 0) return false;
+    conns = json::parse(r.output);
+    const json& list = conns["vms"][0]["connections"];
+    if (list.size() != 2) return false;
+    uint64_t from = 0;
+    uint64_t to = 0;
+    for (const json& c : list) {
+      from += c["bytes_from_guest"].get<uint64_t>();
+      to += c["bytes_to_guest"].get<uint64_t>();
+    }
+    return from == 5 && to == 3;
+  })) << conns.dump(2)
+      << "\n"
+      << daemon_->Log();
+  // Sorted by guest port; the guest's ephemeral port may sort either side of 5001.
+  const json& list = conns["vms"][0]["connections"];
+  const json& out = list[0]["peer_port"] == 9998 ? list[0] : list[1];
+  const json& in = list[0]["peer_port"] == 9998 ? list[1] : list[0];
+  EXPECT_EQ(out["initiator"], "guest");
+  EXPECT_EQ(out["type"], "stream");
+  EXPECT_EQ(out["guest_port"], guest_port.load());
+  EXPECT_EQ(out["peer_cid"], 2);
+  EXPECT_EQ(out["state"], "established");
+  EXPECT_EQ(out["bytes_from_guest"], 5);
+  EXPECT_EQ(out["bytes_to_guest"], 0);
+  EXPECT_EQ(out["host_peer"], daemon_->uds_path() + "_9998");
+  EXPECT_GT(out["credit"]["buf_alloc"].get<uint32_t>(), 0u);
+  EXPECT_GE(out["age_seconds"].get<double>(), 0.0);
+  EXPECT_EQ(in["initiator"], "peer");
+  EXPECT_EQ(in["guest_port"], 5001);
+  EXPECT_EQ(in["bytes_to_guest"], 3);
+  EXPECT_EQ(in["host_local"], daemon_->uds_path());
+
+  auto r = RunCommand(Vsockctl("conns"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("GUEST-PORT"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(daemon_->uds_path() + "_9998"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("2 connections"), std::string::npos) << r.output;
+
+  // The guest half-closes its connection: the state shows the SHUTDOWN bit it sent.
+  loop_.Call([&] {
+    guest_out_->Shutdown(/*no_more_receive=*/false, /*no_more_send=*/true);
+    return 0;
+  });
+  ASSERT_TRUE(WaitFor([&] {
+    auto r2 = RunCommand(Vsockctl("--json conns 3"));
+    if (r2.exit_code != 0) return false;
+    const json answer = json::parse(r2.output);  // outlives the loop (a temporary would not)
+    for (const json& c : answer["vms"][0]["connections"]) {
+      if (c["peer_port"] == 9998) return c["guest_shutdown"] == json::array({"send"});
+    }
+    return false;
+  })) << daemon_->Log();
+  char byte;
+  EXPECT_EQ(::recv(accepted.get(), &byte, 1, 0), 0) << "the host service sees EOF";
 }
 
 TEST_F(ObserveTest, MetricsCountTheTrafficAndPassPromtool) {

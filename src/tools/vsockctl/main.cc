@@ -2,6 +2,7 @@
 //
 //   vsockctl [--socket PATH] [--json] vms [CID]      the VMs: attached, queues, budgets in use
 //   vsockctl [--socket PATH] [--json] stats [CID]    packets, bytes, connections per VM
+//   vsockctl [--socket PATH] [--json] conns [CID]    open connections (like ss)
 //   vsockctl [--socket PATH] reload                  re-read vsockd's --config file
 //   vsockctl [--socket PATH] version
 //   vsockctl [--socket PATH] capture CID -w FILE [-c COUNT] [-s SNAPLEN] [--max-bytes N]
@@ -106,6 +107,49 @@ void PrintStats(const json& answer) {
              answer.at("reloads").get<uint64_t>(), answer.at("reload_failures").get<uint64_t>());
 }
 
+std::string Age(double seconds) {
+  if (seconds < 60) return fmt::format("{:.1f}s", seconds);
+  if (seconds < 3600)
+    return fmt::format("{}m{:02}s", static_cast<int>(seconds) / 60, static_cast<int>(seconds) % 60);
+  return fmt::format("{}h{:02}m", static_cast<int>(seconds) / 3600,
+                     static_cast<int>(seconds) / 60 % 60);
+}
+
+// One line per connection, like ss: who opened it, its state, bytes each way, what the
+// device still buffers, the credit each side has, and the host socket it is bridged to.
+void PrintConns(const json& answer) {
+  fmt::print("{:<6} {:<9} {:>10} {:<16} {:<5} {:<16} {:>10} {:>10} {:>8} {:>15} {:>7} {}\n", "CID",
+             "TYPE", "GUEST-PORT", "PEER", "BY", "STATE", "FROM-GUEST", "TO-GUEST", "BUFFERED",
+             "CREDIT G/V", "AGE", "HOST SOCKET");
+  size_t total = 0;
+  for (const json& vm : answer.at("vms")) {
+    for (const json& c : vm.at("connections")) {
+      ++total;
+      const json& credit = c.at("credit");
+      std::string peer =
+          fmt::format("{}:{}", c.at("peer_cid").get<uint64_t>(), c.at("peer_port").get<uint32_t>());
+      std::string state = c.at("state").get<std::string>();
+      for (const json& bit : c.at("guest_shutdown")) state += "," + bit.get<std::string>();
+      // The end that names the host service: the listener a guest reached (its peer), or the
+      // hybrid socket a host program came in through (our end); siblings have none.
+      std::string host = c.at("host_peer").get<std::string>();
+      if (host.empty()) host = c.at("host_local").get<std::string>();
+      if (host.empty()) host = c.at("peer_cid").get<uint64_t>() == 2 ? "-" : "(sibling VM)";
+      fmt::print("{:<6} {:<9} {:>10} {:<16} {:<5} {:<16} {:>10} {:>10} {:>8} {:>15} {:>7} {}\n",
+                 vm.at("cid").get<uint64_t>(), c.at("type").get<std::string>(),
+                 c.at("guest_port").get<uint32_t>(), peer,
+                 c.at("initiator").get<std::string>() == "guest" ? "guest" : "peer", state,
+                 Size(c.at("bytes_from_guest").get<uint64_t>()),
+                 Size(c.at("bytes_to_guest").get<uint64_t>()),
+                 Size(c.at("buffered").get<uint64_t>()),
+                 fmt::format("{}/{}", Size(credit.at("guest_may_send").get<uint64_t>()),
+                             Size(credit.at("we_may_send").get<uint64_t>())),
+                 Age(c.at("age_seconds").get<double>()), host);
+    }
+  }
+  fmt::print("{} connection{}\n", total, total == 1 ? "" : "s");
+}
+
 volatile sig_atomic_t g_interrupted = 0;
 
 // A capture from start to stop: starts it in vsockd (which writes the file), waits for the
@@ -179,6 +223,11 @@ int Main(int argc, char** argv) {
   vms->add_option("CID", cid, "only this VM");
   CLI::App* stats = app.add_subcommand("stats", "packets, bytes and connections per VM");
   stats->add_option("CID", cid, "only this VM");
+  CLI::App* conns = app.add_subcommand(
+      "conns",
+      "open connections, like ss: type, guest port, peer, state, bytes each way, credit "
+      "(G: the guest may send, V: vsockd may send), age, host socket");
+  conns->add_option("CID", cid, "only this VM");
   app.add_subcommand("reload", "re-read vsockd's --config file (as SIGHUP)");
   app.add_subcommand("version", "vsockd's version");
   CLI::App* capture = app.add_subcommand(
@@ -224,6 +273,8 @@ int Main(int argc, char** argv) {
     PrintVms(*answer);
   } else if (cmd == "stats") {
     PrintStats(*answer);
+  } else if (cmd == "conns") {
+    PrintConns(*answer);
   } else if (cmd == "reload") {
     std::puts("reloaded");
   } else {
