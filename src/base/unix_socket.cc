@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstring>
 
 namespace vsockd {
@@ -51,6 +53,22 @@ int SocketType(int fd) {
   socklen_t len = sizeof type;
   if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return -1;
   return type;
+}
+
+std::string UnixSocketName(int fd, bool peer) {
+  sockaddr_un addr{};
+  socklen_t len = sizeof addr;
+  auto* sa = reinterpret_cast<sockaddr*>(&addr);
+  if ((peer ? ::getpeername(fd, sa, &len) : ::getsockname(fd, sa, &len)) != 0) return "";
+  if (addr.sun_family != AF_UNIX || len <= offsetof(sockaddr_un, sun_path)) return "";
+  const size_t n = std::min<size_t>(len - offsetof(sockaddr_un, sun_path), sizeof addr.sun_path);
+  if (addr.sun_path[0] == '\0') {
+    // Built by append: g++ 12 at -O3 warns falsely (-Wrestrict) about "@" + std::string.
+    std::string name;
+    if (n > 1) name.append(1, '@').append(addr.sun_path + 1, n - 1);
+    return name;
+  }
+  return std::string(addr.sun_path, strnlen(addr.sun_path, n));
 }
 
 Result<Fd> ConnectUnix(const std::string& path, bool nonblocking, int type) {

@@ -32,6 +32,10 @@ Result<Fd> ConnectUnix(const std::string& path, bool nonblocking = false, int ty
 // The socket's type (SOCK_STREAM, SOCK_SEQPACKET, ...); -1 if `fd` is not a socket.
 int SocketType(int fd);
 
+// The address of `fd`'s own end (peer=false, getsockname) or of its peer (getpeername): a
+// path, "@name" for the abstract namespace, or "" (unnamed, unbound, not AF_UNIX).
+std::string UnixSocketName(int fd, bool peer = false);
+
 // sendmsg with up to 8 fds as SCM_RIGHTS on the first byte. Blocking semantics: sends all.
 Status SendWithFds(int sock, const void* data, size_t len, std::span<const int> fds);
 

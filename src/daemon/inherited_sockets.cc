@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "base/unix_socket.h"
+
 namespace vsockd::daemon {
 namespace {
 
@@ -74,16 +76,6 @@ Result<SocketSpec> ParseSocketSpec(std::string_view text) {
   }
   spec.path = std::string(text);
   return spec;
-}
-
-std::string BoundUnixAddress(int fd) {
-  sockaddr_un addr{};
-  socklen_t len = sizeof addr;
-  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "";
-  if (addr.sun_family != AF_UNIX || len <= offsetof(sockaddr_un, sun_path)) return "";
-  const size_t n = len - offsetof(sockaddr_un, sun_path);
-  if (addr.sun_path[0] == '\0') return "@" + std::string(addr.sun_path + 1, n - 1);
-  return std::string(addr.sun_path, strnlen(addr.sun_path, n));
 }
 
 Status CheckListeningUnixStream(int fd) {
@@ -169,7 +161,7 @@ Result<InheritedSockets> InheritedSockets::FromValues(std::string_view listen_pi
     s.fd = Fd(fd);
     VSOCKD_RETURN_IF_ERROR(SetCloseOnExec(fd));
     s.name = names.empty() ? std::string() : names[static_cast<size_t>(i)];
-    s.address = BoundUnixAddress(fd);
+    s.address = UnixSocketName(fd);
     s.from_systemd = true;
     pool.sockets_.push_back(std::move(s));
   }
@@ -233,7 +225,7 @@ Result<Fd> InheritedSockets::Find(const SocketSpec& spec) {
       VSOCKD_RETURN_IF_ERROR(SetCloseOnExec(spec.fd));
       Socket s;
       s.fd = Fd(spec.fd);
-      s.address = BoundUnixAddress(spec.fd);
+      s.address = UnixSocketName(spec.fd);
       sockets_.push_back(std::move(s));
       return Hand(&sockets_.back());
     }

@@ -90,7 +90,5 @@ class InheritedSockets {
 
 // Checks that `fd` is a listening AF_UNIX stream socket; the error says what it is instead.
 Status CheckListeningUnixStream(int fd);
-// The address `fd` is bound to: a path, "@name" (abstract), or "" (unbound or not AF_UNIX).
-std::string BoundUnixAddress(int fd);
 
 }  // namespace vsockd::daemon

@@ -144,11 +144,11 @@ TEST_F(InheritedSocketsTest, MatchesByPathAndByNameAndReportsTheRest) {
   ASSERT_TRUE(by_path.ok()) << by_path.error().ToString();
   ASSERT_TRUE(by_path->valid());
   EXPECT_NE(by_path->get(), first) << "a duplicate: the pool keeps its own";
-  EXPECT_EQ(BoundUnixAddress(by_path->get()), dir_ + "/vm3.vhost");
+  EXPECT_EQ(UnixSocketName(by_path->get()), dir_ + "/vm3.vhost");
 
   auto by_name = pool->Find(*ParseSocketSpec("systemd:vm4"));
   ASSERT_TRUE(by_name.ok()) << by_name.error().ToString();
-  EXPECT_EQ(BoundUnixAddress(by_name->get()), dir_ + "/vm4.vhost");
+  EXPECT_EQ(UnixSocketName(by_name->get()), dir_ + "/vm4.vhost");
 
   // A path nobody passed: the caller listens on it itself.
   auto own = pool->Find(*ParseSocketSpec(dir_ + "/vm5.vhost"));
@@ -214,7 +214,7 @@ TEST_F(InheritedSocketsTest, FdFormTakesOnlyAListeningUnixStreamSocket) {
   const int listening = ListenAt("fd.vhost", 330);
   auto ok = pool.Find(*ParseSocketSpec("fd:330"));
   ASSERT_TRUE(ok.ok()) << ok.error().ToString();
-  EXPECT_EQ(BoundUnixAddress(ok->get()), dir_ + "/fd.vhost");
+  EXPECT_EQ(UnixSocketName(ok->get()), dir_ + "/fd.vhost");
   EXPECT_TRUE(IsOpen(listening));
 }
 

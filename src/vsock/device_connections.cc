@@ -1,32 +1,14 @@
 // Device::Impl: the connection table and each connection's life: set-up both ways, the
 // host stream attached, half-close, closing, lingering for a vanished guest, reset.
 #include <malloc.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 
 #include <algorithm>
-#include <cstddef>
-#include <cstring>
 #include <tuple>
 
+#include "base/unix_socket.h"
 #include "vsock/device_impl.h"
 
 namespace vsockd::vsock {
-namespace {
-
-// A Unix socket end's path ("@name" for an abstract one), "" when unnamed or not AF_UNIX.
-std::string UnixName(int fd, bool peer) {
-  sockaddr_un sun{};
-  socklen_t len = sizeof(sun);
-  auto* sa = reinterpret_cast<sockaddr*>(&sun);
-  if ((peer ? ::getpeername(fd, sa, &len) : ::getsockname(fd, sa, &len)) != 0) return "";
-  if (sun.sun_family != AF_UNIX || len <= offsetof(sockaddr_un, sun_path)) return "";
-  const size_t n = std::min<size_t>(len - offsetof(sockaddr_un, sun_path), sizeof(sun.sun_path));
-  if (sun.sun_path[0] == '\0') return n > 1 ? "@" + std::string(sun.sun_path + 1, n - 1) : "";
-  return std::string(sun.sun_path, strnlen(sun.sun_path, n));
-}
-
-}  // namespace
 
 std::vector<Device::ConnectionStatus> Device::Impl::Connections() const {
   std::vector<Device::ConnectionStatus> out;
@@ -47,8 +29,8 @@ std::vector<Device::ConnectionStatus> Device::Impl::Connections() const {
     c.guest_shutdown = conn->peer_shutdown();
     c.age_seconds = std::chrono::duration<double>(now - conn->opened()).count();
     if (conn->host_fd.valid()) {
-      c.host_local = UnixName(conn->host_fd.get(), /*peer=*/false);
-      c.host_peer = UnixName(conn->host_fd.get(), /*peer=*/true);
+      c.host_local = UnixSocketName(conn->host_fd.get(), /*peer=*/false);
+      c.host_peer = UnixSocketName(conn->host_fd.get(), /*peer=*/true);
     }
     out.push_back(std::move(c));
   }
