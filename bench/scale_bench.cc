@@ -22,6 +22,9 @@
 // = all bytes / (last receiver's EOF - start), each receiver a child process reporting
 // its first-byte-to-EOF time and its EOF instant (CLOCK_MONOTONIC, shared by processes).
 //
+// Part 3, isolation (scale_isolation.cc): a victim VM's guest -> host throughput alone and
+// while a hostile VM in the same vsockd attacks (past its budget, never-reading host
+// service, a connect storm), with raw AF_UNIX in the same rounds.
 // The machine is shared and noisy: read ratios and ranges; nothing here asserts speed.
 // Processes: this one runs the guests (and the raw sources); vsockd, the holders and the
 // sinks are children (`vsockd_scale_bench --role ...`).
@@ -54,17 +57,13 @@
 #include "base/run_main.h"
 #include "base/unix_socket.h"
 #include "bench/bench_common.h"
+#include "bench/scale_rig.h"
 #include "tests/integration/harness.h"
 #include "vguest/guest.h"
 
 namespace vsockd::bench {
-namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-using testing::LoopThread;
-using testing::Subprocess;
-using testing::TempDir;
 
 struct Options {
   int vms = 64;
@@ -77,12 +76,12 @@ struct Options {
   bool quick = false;
   bool skip_scale = false;
   bool skip_throughput = false;
+  bool skip_isolation = false;
   std::string json_path = "bench-scale-results.json";
 };
 
 constexpr uint32_t kIdlePort = 1024;  // guest -> host: <uds-path>_1024
 constexpr uint32_t kH2gPort = 7000;   // host -> guest: every guest listens here
-constexpr size_t kWriteSize = 64 * 1024;
 
 double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -92,27 +91,7 @@ int64_t MonotonicNs() {
       .count();
 }
 
-template <typename T>
-T Must(Result<T> r, const char* what) {
-  if (!r.ok()) {
-    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, r.error().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*r);
-}
-void Must(const Status& st, const char* what) {
-  if (!st.ok()) {
-    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, st.error().ToString().c_str());
-    std::exit(1);
-  }
-}
-
 // ---- /proc figures of the daemon ----
-
-struct MemSnapshot {
-  long rss_kb = -1, anon_kb = -1, shmem_kb = -1, pss_kb = -1, pss_anon_kb = -1;
-  long fds = -1;
-};
 
 long ProcField(const std::string& file, const std::string& key) {
   std::ifstream in(file);
@@ -298,76 +277,6 @@ Result<SinkResult> ParseSink(const std::string& out, uint64_t expect) {
   s.eof_ns = eof;
   return s;
 }
-
-// ---- one vsockd with many VMs, each played by a virtual guest ----
-
-class MultiVm {
- public:
-  // Writes the YAML config for `vms` VMs (CIDs 3...) and starts vsockd on it.
-  Status Start(int vms, const std::vector<std::string>& extra) {
-    std::string yaml = "vms:\n";
-    for (int i = 0; i < vms; ++i) {
-      yaml += fmt::format("  - guest_cid: {}\n    socket: {}\n    uds_path: {}\n", Cid(i),
-                          Socket(i), Uds(i));
-    }
-    std::ofstream(dir_.File("vms.yaml")) << yaml;
-    std::vector<std::string> argv = {testing::BuiltBinary("src/daemon/vsockd"), "--config",
-                                     dir_.File("vms.yaml"), "--log-level", "warn"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    VSOCKD_RETURN_IF_ERROR(proc_.Start(argv, dir_.File("vsockd.log")));
-    vms_ = vms;
-    for (int i = 0; i < vms; ++i) {
-      if (!WaitForListener(Socket(i))) return MakeError(ETIMEDOUT, "vsockd: {}", proc_.Log());
-    }
-    return OkStatus();
-  }
-
-  // Attaches a guest per VM, guest i on loop thread i % threads.
-  Status AttachAll(int threads, size_t memory_bytes) {
-    for (int t = 0; t < threads; ++t) loops_.push_back(std::make_unique<LoopThread>());
-    guests_.resize(vms_);
-    for (int i = 0; i < vms_; ++i) {
-      vguest::GuestOptions o;
-      o.socket_path = Socket(i);
-      o.memory_bytes = memory_bytes;
-      o.attach_timeout = 10s;
-      o.connect_timeout = 20s;  // thousands of connects in flight: never time one out here
-      auto g = Loop(i).Call([&] { return vguest::Guest::Attach(Loop(i).loop(), o); });
-      if (!g.ok()) return MakeError(g.error().code, "guest {}: {}", i, g.error().context);
-      guests_[i] = std::move(*g);
-    }
-    return OkStatus();
-  }
-
-  ~MultiVm() { Detach(); }
-  void Detach() {
-    for (size_t i = 0; i < guests_.size(); ++i) {
-      Loop(i).Call([&] {
-        guests_[i].reset();
-        return 0;
-      });
-    }
-    guests_.clear();
-  }
-  int StopDaemon() { return proc_.Stop(SIGTERM, 30s); }
-
-  int vms() const { return vms_; }
-  pid_t pid() const { return proc_.pid(); }
-  std::string Log() const { return proc_.Log(); }
-  LoopThread& Loop(size_t i) { return *loops_[i % loops_.size()]; }
-  vguest::Guest* guest(int i) { return guests_[i].get(); }
-  static uint64_t Cid(int i) { return 3 + static_cast<uint64_t>(i); }
-  std::string Socket(int i) const { return dir_.File(fmt::format("vhost{}", Cid(i))); }
-  std::string Uds(int i) const { return dir_.File(fmt::format("vm{}.vsock", Cid(i))); }
-  const TempDir& dir() const { return dir_; }
-
- private:
-  TempDir dir_;
-  Subprocess proc_;
-  int vms_ = 0;
-  std::vector<std::unique_ptr<LoopThread>> loops_;
-  std::vector<std::unique_ptr<vguest::Guest>> guests_;
-};
 
 // ---- part 1: scale ----
 
@@ -600,11 +509,6 @@ ScaleResult RunScale(const Options& o) {
 }
 
 // ---- part 2: aggregate throughput ----
-
-struct Agg {
-  double total_gbps = 0;
-  std::vector<double> per_vm_gbps;  // each receiver's own figure
-};
 
 // n parallel raw AF_UNIX pairs: a writer thread here, a sink child each.
 Result<Agg> RawParallel(int n, uint64_t bytes) {
@@ -962,6 +866,7 @@ int RunBench(const Options& o) {
     auto rows = RunThroughput(o, &workers);
     parts.push_back(ReportThroughput(o, rows, workers));
   }
+  if (!o.skip_isolation) parts.push_back(RunAndReportIsolation(o.rounds, o.bytes_per_vm));
   std::string json =
       fmt::format("{{\n  \"quick\": {},\n{}\n}}\n", o.quick, fmt::join(parts, ",\n"));
   std::ofstream(o.json_path) << json;
@@ -969,7 +874,6 @@ int RunBench(const Options& o) {
   return 0;
 }
 
-}  // namespace
 }  // namespace vsockd::bench
 
 int ScaleBenchMain(int argc, char** argv) {
@@ -998,6 +902,8 @@ int ScaleBenchMain(int argc, char** argv) {
                "explicitly win)");
   app.add_flag("--no-scale", o.skip_scale, "skip the scale part");
   app.add_flag("--no-throughput", o.skip_throughput, "skip the throughput part");
+  app.add_flag("--no-isolation", o.skip_isolation,
+               "skip the isolation part (a victim VM's throughput while a hostile VM attacks)");
   app.add_option("--json", o.json_path, "where to write the JSON results");
   // Internal: the child-process roles.
   app.add_option("--role", role)->group("");
