@@ -24,4 +24,5 @@ echo "== vsockd_scale_bench --quick (smaller)"
 "$build/bench/vsockd_scale_bench" --quick --vms 4 --conns-per-vm 50 --h2g-sample 20 \
   --bytes-per-vm 8388608 --json "$out/scale.json"
 check_json "$out/scale.json" vms
+check_json "$out/scale.json" victim_under_attack_gbps
 echo "bench_smoke: ok"
