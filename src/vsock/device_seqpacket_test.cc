@@ -23,9 +23,6 @@ using testing::FakeGuestOptions;
 using testing::kGuestPort;
 using testing::kHostPort;
 using testing::RandomBytes;
-using testing::ReadAvailable;
-using testing::RxLayout;
-using testing::RxPacket;
 
 class SeqpacketTest : public DeviceTest {
  protected:

@@ -26,9 +26,7 @@ using testing::DeviceTest;
 using testing::FakeGuestOptions;
 using testing::kGuestPort;
 using testing::kHostPort;
-using testing::RandomBytes;
 using testing::ReadAvailable;
-using testing::RxLayout;
 using testing::RxPacket;
 
 TEST_F(DeviceTest, FeaturesAndConfig) {
