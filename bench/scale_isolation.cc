@@ -1,10 +1,10 @@
 // Part 3 of vsockd_scale_bench: isolation. One vsockd serves a victim VM (default budgets)
 // and a hostile VM (a budget of 64 connections and 4 MiB buffered). The victim's guest ->
-// host throughput is measured alone, then while the hostile guest attacks: it asks for twice
-// its connection budget to a host service that accepts and never reads, fills every
-// connection it gets to its credit, and then storms vsockd with connects it keeps retrying
-// (each refused with an RST) for as long as the victim is measured. Raw AF_UNIX pairs are
-// measured in the same rounds for the ratio. Nothing here asserts: the figures are read.
+// host throughput, and vsockd's CPU per GiB of it, is measured in three phases: alone; while
+// the hostile guest holds every connection it got (it asked for twice its budget, to a host
+// service that accepts and never reads, and filled each to its credit); and while it also
+// storms vsockd with connects, each retried as soon as it is refused. Raw AF_UNIX pairs are
+// measured in the same rounds. Nothing here asserts: the figures are read.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -121,17 +121,36 @@ class Attack {
   bool stopping_ = false;
 };
 
+double CpuOf(pid_t pid) {
+  auto c = ProcessCpuSeconds(pid);
+  return c.ok() ? *c : 0;
+}
+
 struct Phase {
+  const char* name = "";
   std::vector<double> victim, raw;  // Gbit/s per round
+  double vsockd_ms_per_gib = 0;     // vsockd's CPU over the victim's transfers, per GiB
 };
 
-void Measure(MultiVm& m, int rounds, uint64_t bytes, uint32_t* port, Phase* phase,
-             const char* what) {
+Phase Measure(MultiVm& m, int rounds, uint64_t bytes, uint32_t* port, const char* what) {
+  Phase phase;
+  phase.name = what;
+  double cpu = 0;
   for (int r = 0; r < rounds; ++r) {
     std::fprintf(stderr, "isolation: %s, round %d/%d\n", what, r + 1, rounds);
-    phase->raw.push_back(Must(RawParallel(1, bytes), "raw AF_UNIX pair").total_gbps);
-    phase->victim.push_back(Must(GuestsParallel(m, 1, bytes, (*port)++), what).total_gbps);
+    phase.raw.push_back(Must(RawParallel(1, bytes), "raw AF_UNIX pair").total_gbps);
+    const double before = CpuOf(m.pid());
+    phase.victim.push_back(Must(GuestsParallel(m, 1, bytes, (*port)++), what).total_gbps);
+    cpu += CpuOf(m.pid()) - before;
   }
+  phase.vsockd_ms_per_gib = cpu * 1000 / (static_cast<double>(rounds) * bytes / (1ull << 30));
+  return phase;
+}
+
+std::string PhaseJson(const Phase& p) {
+  return fmt::format(
+      "{{\"victim_gbps\": {:.4f}, \"raw_gbps\": {:.4f}, \"vsockd_cpu_ms_per_gib\": {:.1f}}}",
+      Median(p.victim), Median(p.raw), p.vsockd_ms_per_gib);
 }
 
 }  // namespace
@@ -151,59 +170,61 @@ std::string RunAndReportIsolation(int rounds, uint64_t bytes) {
   Must(GuestsParallel(m, 1, std::min<uint64_t>(bytes, 64ull << 20), port++), "warm-up");
   const MemSnapshot before = Snapshot(m.pid());
 
-  Phase alone, attacked;
-  Measure(m, rounds, bytes, &port, &alone, "victim alone");
+  const Phase alone = Measure(m, rounds, bytes, &port, "alone");
   Attack attack(&m, 1);
   attack.Fill(2 * kHostileBudget);
   std::this_thread::sleep_for(500ms);  // vsockd buffers what the never-reading host refuses
   const MemSnapshot filled = Snapshot(m.pid());
+  const Phase held = Measure(m, rounds, bytes, &port, "hostile connections held");
   attack.StartStorm(8);
-  Measure(m, rounds, bytes, &port, &attacked, "victim under attack");
+  const Phase storm = Measure(m, rounds, bytes, &port, "held + connect storm");
   const MemSnapshot during = Snapshot(m.pid());
   attack.Stop();
   StopRole(holder);
 
-  const double a = Median(alone.victim), u = Median(attacked.victim);
-  const double ra = Median(alone.raw), ru = Median(attacked.raw);
   std::printf(
       "\nIsolation: victim VM guest->host, 64 KiB writes, %lu MiB; median of %d rounds "
-      "[min-max]\nhostile VM in the same vsockd: budget %d connections / %lu MiB buffered; "
-      "asked for %d connections\nto a host service that never reads, filled each to credit, "
-      "then stormed vsockd with connects\n\n",
+      "[min-max]\nhostile VM in the same vsockd: budget %d connections / %lu MiB buffered; it "
+      "asks for %d connections\nto a host service that never reads and fills each to credit "
+      "(held), then also storms vsockd with\nconnects, 8 in flight, each retried as soon as it "
+      "is refused (storm). The hostile guest runs in this\nprocess: on 2 cores its storm takes "
+      "CPU from the victim's parties too.\n\n",
       static_cast<unsigned long>(bytes >> 20), rounds, kHostileBudget,
       static_cast<unsigned long>(kHostileBuffered >> 20), 2 * kHostileBudget);
-  std::printf("| %-22s | %-22s | %-22s | %-8s |\n", "victim", "vsockd Gb/s", "raw AF_UNIX Gb/s",
-              "ratio");
+  std::printf("| %-26s | %-22s | %-8s | %-22s | %-8s | %-14s |\n", "victim", "vsockd Gb/s",
+              "/ alone", "raw AF_UNIX Gb/s", "ratio", "vsockd ms/GiB");
   std::printf(
-      "|------------------------|------------------------|------------------------|"
-      "----------|\n");
-  auto row = [](const char* name, const Phase& p, double v, double raw) {
-    std::printf("| %-22s | %8.2f [%5.2f-%5.2f] | %8.2f [%5.2f-%5.2f] | %7.2fx |\n", name, v,
-                Min(p.victim), Max(p.victim), raw, Min(p.raw), Max(p.raw), raw > 0 ? v / raw : 0);
-  };
-  row("alone", alone, a, ra);
-  row("under attack", attacked, u, ru);
+      "|----------------------------|------------------------|----------|------------------------"
+      "|----------|----------------|\n");
+  const double a = Median(alone.victim);
+  for (const Phase* p : {&alone, &held, &storm}) {
+    const double v = Median(p->victim), raw = Median(p->raw);
+    std::printf(
+        "| %-26s | %8.2f [%5.2f-%5.2f] | %7.2fx | %8.2f [%5.2f-%5.2f] | %7.2fx | %14.1f |\n",
+        p->name, v, Min(p->victim), Max(p->victim), a > 0 ? v / a : 0, raw, Min(p->raw),
+        Max(p->raw), raw > 0 ? v / raw : 0, p->vsockd_ms_per_gib);
+  }
   std::printf(
-      "\nunder attack / alone: %.2fx (vsockd), %.2fx (raw pair, the machine's own noise)\n"
-      "hostile: %lu connections admitted, %lu refused; %lu storm connects refused; %.1f MiB "
-      "written into its connections\nvsockd RssAnon: %ld KiB before, %ld KiB filled, %ld KiB "
-      "during the storm; fds %ld -> %ld\n",
-      a > 0 ? u / a : 0, ra > 0 ? ru / ra : 0, static_cast<unsigned long>(attack.admitted()),
-      static_cast<unsigned long>(attack.refused()),
+      "\nhostile: %lu connections admitted, %lu refused; %lu storm connects refused; %.1f MiB "
+      "written into its connections\nvsockd RssAnon: %ld KiB before, %ld KiB held, %ld KiB "
+      "after the storm; fds %ld -> %ld\n",
+      static_cast<unsigned long>(attack.admitted()), static_cast<unsigned long>(attack.refused()),
       static_cast<unsigned long>(attack.storm_refused()),
       static_cast<double>(attack.stuffed_bytes()) / (1 << 20), before.anon_kb, filled.anon_kb,
       during.anon_kb, before.fds, during.fds);
   return fmt::format(
       "  \"isolation\": {{\n    \"bytes\": {}, \"rounds\": {}, \"hostile_budget_connections\": {}, "
-      "\"hostile_budget_buffered_bytes\": {},\n    \"victim_alone_gbps\": {:.4f}, "
-      "\"victim_under_attack_gbps\": {:.4f}, \"under_attack_over_alone\": {:.4f},\n    "
-      "\"raw_alone_gbps\": {:.4f}, \"raw_under_attack_gbps\": {:.4f},\n    "
-      "\"hostile_admitted\": {}, \"hostile_refused\": {}, \"storm_refused\": {}, "
-      "\"hostile_bytes_written\": {},\n    \"rss_anon_kib\": {{\"before\": {}, \"filled\": {}, "
-      "\"storm\": {}}}, \"fds\": {{\"before\": {}, \"storm\": {}}}\n  }}",
-      bytes, rounds, kHostileBudget, kHostileBuffered, a, u, a > 0 ? u / a : 0, ra, ru,
-      attack.admitted(), attack.refused(), attack.storm_refused(), attack.stuffed_bytes(),
-      before.anon_kb, filled.anon_kb, during.anon_kb, before.fds, during.fds);
+      "\"hostile_budget_buffered_bytes\": {},\n    \"alone\": {},\n    \"held\": {},\n    "
+      "\"storm\": {},\n    \"victim_under_attack_gbps\": {:.4f}, \"held_over_alone\": {:.4f}, "
+      "\"storm_over_alone\": {:.4f},\n    \"hostile_admitted\": {}, \"hostile_refused\": {}, "
+      "\"storm_refused\": {}, \"hostile_bytes_written\": {},\n    \"rss_anon_kib\": "
+      "{{\"before\": {}, \"held\": {}, \"storm\": {}}}, \"fds\": {{\"before\": {}, \"storm\": "
+      "{}}}\n  }}",
+      bytes, rounds, kHostileBudget, kHostileBuffered, PhaseJson(alone), PhaseJson(held),
+      PhaseJson(storm), Median(held.victim), a > 0 ? Median(held.victim) / a : 0,
+      a > 0 ? Median(storm.victim) / a : 0, attack.admitted(), attack.refused(),
+      attack.storm_refused(), attack.stuffed_bytes(), before.anon_kb, filled.anon_kb,
+      during.anon_kb, before.fds, during.fds);
 }
 
 }  // namespace vsockd::bench
