@@ -11,6 +11,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -115,6 +117,22 @@ Result<Child> SpawnRoleChild(const std::string& role, const std::string& path, u
 Result<std::string> FinishRole(Child& child);
 // SIGTERM + wait (for roles that serve until stopped).
 void StopRole(Child& child);
+
+// A benchmark step that must work: its failure ends the run with the reason.
+template <typename T>
+T Must(Result<T> r, const char* what) {
+  if (!r.ok()) {
+    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, r.error().ToString().c_str());
+    std::exit(1);
+  }
+  return std::move(*r);
+}
+inline void Must(const Status& st, const char* what) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, st.error().ToString().c_str());
+    std::exit(1);
+  }
+}
 
 // Child-process roles (run via `vsockd_bench --role ...`), each reporting one line of
 // results on stdout: "bytes seconds cpu_seconds" for sinks. A role name ending in

@@ -32,22 +32,6 @@ using testing::TempDir;
 
 inline constexpr size_t kWriteSize = 64 * 1024;
 
-// A benchmark step that must work: its failure ends the run with the reason.
-template <typename T>
-T Must(Result<T> r, const char* what) {
-  if (!r.ok()) {
-    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, r.error().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*r);
-}
-inline void Must(const Status& st, const char* what) {
-  if (!st.ok()) {
-    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, st.error().ToString().c_str());
-    std::exit(1);
-  }
-}
-
 // vsockd's memory and fds from /proc.
 struct MemSnapshot {
   long rss_kb = -1, anon_kb = -1, shmem_kb = -1, pss_kb = -1, pss_anon_kb = -1;

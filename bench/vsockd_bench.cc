@@ -502,15 +502,6 @@ CpuMs CpuMsPerGib(const std::vector<CpuCost>& runs, uint64_t bytes) {
                median([](const CpuCost& c) { return c.total(); })};
 }
 
-template <typename T>
-T Must(Result<T> r, const char* what) {
-  if (!r.ok()) {
-    std::fprintf(stderr, "benchmark step '%s' failed: %s\n", what, r.error().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(*r);
-}
-
 int RunBench(const Options& o) {
   // First: everything started from here on inherits it.
   if (auto st = ApplyPlacement(o.placement); !st.ok()) {
