@@ -253,7 +253,7 @@ void Device::Impl::ResetAll(bool notify_connects, bool linger) {
   }
 }
 
-void Device::Impl::FailGuestConnect(Connection* conn, int code, RstReason rst) {
+Device::GuestConnectDone Device::Impl::TakeGuestConnect(Connection* conn) {
   GuestConnectDone done;
   auto it = guest_connects_.find(conn->guest_connect_id);
   if (it != guest_connects_.end()) {
@@ -261,6 +261,11 @@ void Device::Impl::FailGuestConnect(Connection* conn, int code, RstReason rst) {
     guest_connects_.erase(it);
   }
   conn->guest_connect_id = 0;
+  return done;
+}
+
+void Device::Impl::FailGuestConnect(Connection* conn, int code, RstReason rst) {
+  GuestConnectDone done = TakeGuestConnect(conn);
   uint32_t port = conn->info().guest_port;
   FreeConnection(conn, rst);
   if (done) done(MakeError(code, "connect to guest port {}", port));

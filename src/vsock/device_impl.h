@@ -271,6 +271,8 @@ class Device::Impl {
   // went away, never on a driver reset, which the guest can repeat at will.
   void ResetAll(bool notify_connects, bool linger = false);
   void FailGuestConnect(Connection* conn, int code, RstReason rst);
+  // Detaches a host-started connect's callback from the table (empty if none is pending).
+  GuestConnectDone TakeGuestConnect(Connection* conn);
   bool AttachHost(Connection* conn, HostStream stream);
   void OnHostConnected(ConnKey key, Result<HostStream> result);
   void OnHostEvent(ConnKey key, uint32_t events);

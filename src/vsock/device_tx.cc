@@ -202,13 +202,7 @@ void Device::Impl::CompleteGuestConnect(Connection* conn) {
     loop_->CancelTimer(conn->timer);
     conn->timer = 0;
   }
-  GuestConnectDone done;
-  auto it = guest_connects_.find(conn->guest_connect_id);
-  if (it != guest_connects_.end()) {
-    done = std::move(it->second.done);
-    guest_connects_.erase(it);
-  }
-  conn->guest_connect_id = 0;
+  GuestConnectDone done = TakeGuestConnect(conn);
   ConnKey key = conn->key();
   uint32_t host_port = conn->info().host_port;
   std::optional<HostStream> stream;
