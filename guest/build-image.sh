@@ -3,14 +3,19 @@
 # Called by scripts/build-guest.sh (the user-facing entry, which first builds the programs);
 # see guest/README.md for what the image contains and the contract with the VM runner.
 #
-# Usage: guest/build-image.sh --out DIR --programs FILE [--agent FILE]
+# Usage: guest/build-image.sh --out DIR --programs FILE [--agent FILE] [--kernel SERIES]
 #   --out DIR       writes DIR/rootfs/ and DIR/image/{vmlinux,initrd.cpio.gz,manifest.txt}
 #   --programs FILE list of static executables (one path a line) to put in /bin
 #   --agent FILE    the guest's /agent (default: guest/rootfs/agent)
+#   --kernel SERIES 6.1 (default: Debian 12's kernel) or 6.12 (Debian 12's newer kernel)
 #
-# Nothing is installed on the build machine: the kernel (linux-image-amd64's current
-# package), busybox-static and linux-source-X.Y (the kernel's vsock_test, built here with gcc)
-# are fetched with `apt-get download` and unpacked with dpkg-deb.
+# Nothing is installed on the build machine: the kernel, busybox-static and linux-source-X.Y
+# (the kernel's vsock_test, built here with gcc) are fetched with `apt-get download` and
+# unpacked with dpkg-deb. 6.1: the package linux-image-amd64 depends on, from the machine's apt
+# sources. 6.12: the newest linux-source-6.12 of Debian 12's archive and the
+# linux-image-6.12.*-amd64-unsigned of the same version, from a private view of the archive
+# (bookworm, -security, -backports; guest/debian-archive.sh) that leaves apt's own
+# configuration alone.
 # Downloads and extractions are cached in .cache/guest/ (git-ignored), keyed by package name
 # and version, so a rerun costs a few seconds. Python (Debian's /usr/bin/python3.11) and socat
 # come from the build machine, with the shared libraries ldd names.
@@ -28,12 +33,13 @@ SOCAT=/usr/bin/socat
 KERNEL_MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
                 vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
                 vsock_loopback vsock_diag failover net_failover virtio_net)
-# Where they live in the kernel package (tar wildcards).
-KERNEL_MODULE_GLOBS=('./lib/modules/*/kernel/drivers/virtio/*.ko'
-                     './lib/modules/*/kernel/net/vmw_vsock/*.ko'
-                     './lib/modules/*/kernel/net/core/failover.ko'
-                     './lib/modules/*/kernel/drivers/net/net_failover.ko'
-                     './lib/modules/*/kernel/drivers/net/virtio_net.ko'
+# Where they live in the kernel package (tar wildcards; 6.1 ships .ko, 6.12 .ko.xz, which the
+# image gets decompressed: busybox's insmod takes plain ELF modules).
+KERNEL_MODULE_GLOBS=('./lib/modules/*/kernel/drivers/virtio/*.ko*'
+                     './lib/modules/*/kernel/net/vmw_vsock/*.ko*'
+                     './lib/modules/*/kernel/net/core/failover.ko*'
+                     './lib/modules/*/kernel/drivers/net/net_failover.ko*'
+                     './lib/modules/*/kernel/drivers/net/virtio_net.ko*'
                      './lib/modules/*/modules.builtin')
 # The Python stdlib subset: what these imports load (plus interpreter startup). Only pure
 # Python modules are copied; lib-dynload stays empty (modules with a C accelerator in
@@ -45,12 +51,14 @@ PY_IMPORTS="socket, os, sys, struct, time, subprocess, select, selectors, thread
 out=""
 programs=""
 agent="$repo/guest/rootfs/agent"
+series=6.1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
     --programs) programs="${2:?--programs needs a file}"; shift 2 ;;
     --agent) agent="${2:?--agent needs a file}"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --kernel) series="${2:?--kernel needs a series (6.1 or 6.12)}"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "build-image.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -62,9 +70,10 @@ die() { echo "build-image.sh: ERROR: $*" >&2; exit 1; }
 [[ -n "$programs" ]] || die "--programs FILE is required"
 [[ -r "$programs" ]] || die "program list $programs not found (build the guest programs first)"
 [[ -r "$agent" ]] || die "guest agent $agent not found (guest/rootfs/agent, or pass --agent FILE)"
+[[ "$series" == 6.1 || "$series" == 6.12 ]] || die "--kernel $series: the series is 6.1 or 6.12"
 [[ -x "$PY" ]] || die "$PY not found: install Debian's python3.11 (scripts/install-deps.sh --guest)"
 [[ -x "$SOCAT" ]] || die "$SOCAT not found: install socat (scripts/install-deps.sh --guest)"
-for tool in apt-get apt-cache dpkg-deb tar gzip ldd readelf strip; do
+for tool in apt-get apt-cache dpkg-deb tar gzip xz zstd ldd readelf strip; do
   command -v "$tool" >/dev/null || die "'$tool' not found on PATH"
 done
 mkdir -p "$out" "$cache/debs"
@@ -144,29 +153,67 @@ lists_key() {
 source_package() {  # KERNEL-VERSION (6.1.192-2) -> linux-source-6.1
   echo "linux-source-$(sed -E 's/^([0-9]+\.[0-9]+).*/\1/' <<<"$1")"
 }
-resolved="$cache/debs/resolved-$(lists_key).txt"
 KPKG="" KVER="" BBVER="" LSVER=""
-if [[ -f "$resolved" ]]; then
-  read -r KPKG KVER BBVER LSVER <"$resolved" || true
-  KDEB="$cache/debs/${KPKG}_${KVER//:/%3a}_amd64.deb"
-  BBDEB="$cache/debs/busybox-static_${BBVER//:/%3a}_amd64.deb"
-  LSPKG=$(source_package "$KVER")
-  LSDEB="$cache/debs/${LSPKG}_${LSVER//:/%3a}_all.deb"
-fi
-if [[ -n "$KPKG" && -n "$BBVER" && -n "$LSVER" && -s "$KDEB" && -s "$BBDEB" && -s "$LSDEB" ]]
-then
-  step "cached: $KPKG $KVER, busybox-static $BBVER, $LSPKG $LSVER (apt's lists unchanged)"
+if [[ "$series" == 6.1 ]]; then
+  resolved="$cache/debs/resolved-$(lists_key).txt"
+  if [[ -f "$resolved" ]]; then
+    read -r KPKG KVER BBVER LSVER <"$resolved" || true
+    KDEB="$cache/debs/${KPKG}_${KVER//:/%3a}_amd64.deb"
+    BBDEB="$cache/debs/busybox-static_${BBVER//:/%3a}_amd64.deb"
+    LSPKG=$(source_package "$KVER")
+    LSDEB="$cache/debs/${LSPKG}_${LSVER//:/%3a}_all.deb"
+  fi
+  if [[ -n "$KPKG" && -n "$BBVER" && -n "$LSVER" && -s "$KDEB" && -s "$BBDEB" && -s "$LSDEB" ]]
+  then
+    step "cached: $KPKG $KVER, busybox-static $BBVER, $LSPKG $LSVER (apt's lists unchanged)"
+  else
+    step "resolving the kernel package (apt-cache depends linux-image-amd64)"
+    fetch kernel
+    KPKG="$PKG" KVER="$DEB_VERSION" KDEB="$DEB"
+    fetch busybox-static
+    BBVER="$DEB_VERSION" BBDEB="$DEB"
+    LSPKG=$(source_package "$KVER")
+    fetch "$LSPKG" all
+    LSVER="$DEB_VERSION" LSDEB="$DEB"
+    rm -f "$cache"/debs/resolved-*.txt
+    echo "$KPKG $KVER $BBVER $LSVER" >"$cache/debs/resolved-$(lists_key).txt"
+  fi
 else
-  step "resolving the kernel package (apt-cache depends linux-image-amd64)"
-  fetch kernel
-  KPKG="$PKG" KVER="$DEB_VERSION" KDEB="$DEB"
-  fetch busybox-static
-  BBVER="$DEB_VERSION" BBDEB="$DEB"
-  LSPKG=$(source_package "$KVER")
-  fetch "$LSPKG" all
-  LSVER="$DEB_VERSION" LSDEB="$DEB"
-  rm -f "$cache"/debs/resolved-*.txt
-  echo "$KPKG $KVER $BBVER $LSVER" >"$cache/debs/resolved-$(lists_key).txt"
+  # Linux 6.12 from the private view of Debian's archive: the newest linux-source-6.12 and the
+  # kernel built from the same source version (so vsock_test is the running kernel's suite).
+  ARCHIVE_DIR="$repo/.cache/apt-private"
+  # shellcheck source=guest/debian-archive.sh
+  source "$repo/guest/debian-archive.sh"
+  archive_update
+  presolved="$cache/debs/private-resolved-6.12-$(stat -c %Y "$ARCHIVE_DIR/updated").txt"
+  if [[ -f "$presolved" ]]; then
+    read -r KPKG KVER BBVER LSVER <"$presolved" || true
+  fi
+  if [[ -z "$KPKG" || -z "$LSVER" || -z "$BBVER" ]]; then
+    step "resolving linux-source-6.12 and its kernel in the private archive view"
+    LSVER=$(archive_versions linux-source-6.12 | head -n1)
+    [[ -n "$LSVER" ]] || die "no linux-source-6.12 in Debian's archive (bookworm-security/-backports)"
+    upstream=${LSVER%%-*}
+    KVER="$LSVER"
+    KPKG=""
+    while read -r name; do
+      if archive_versions "$name" | grep -qxF "$LSVER"; then KPKG="$name"; break; fi
+    done < <(archive_cache search --names-only \
+               "^linux-image-${upstream//./\\.}\\+[a-z0-9]+-amd64-unsigned\$" 2>/dev/null |
+             awk '{ print $1 }' | sort)
+    [[ -n "$KPKG" ]] || die "no linux-image-${upstream}+*-amd64-unsigned at version $LSVER"
+    BBVER=$(archive_versions busybox-static | head -n1)
+    [[ -n "$BBVER" ]] || die "no busybox-static in the private archive view"
+    rm -f "$cache"/debs/private-resolved-6.12-*.txt
+    echo "$KPKG $KVER $BBVER $LSVER" >"$presolved"
+  fi
+  LSPKG=linux-source-6.12
+  archive_download "$KPKG" "$KVER" "$cache/debs"
+  KDEB="$ARCHIVE_DEB"
+  archive_download busybox-static "$BBVER" "$cache/debs"
+  BBDEB="$ARCHIVE_DEB"
+  archive_download "$LSPKG" "$LSVER" "$cache/debs"
+  LSDEB="$ARCHIVE_DEB"
 fi
 
 # --- kernel: vmlinux + modules (cached per package version) ------------------------------
@@ -262,8 +309,10 @@ printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
 # Modules, flat in /lib/modules/<release>/ (/init insmods them by path). A module missing from
 # the package must be built into the kernel (modules.builtin), else the image cannot work.
 for m in "${KERNEL_MODULES[@]}"; do
-  ko=$(find "$kdir/deb/lib/modules/$krelease" -name "$m.ko" | head -n1)
-  if [[ -n "$ko" ]]; then
+  ko=$(find "$kdir/deb/lib/modules/$krelease" -name "$m.ko" -o -name "$m.ko.xz" | head -n1)
+  if [[ "$ko" == *.xz ]]; then
+    xz -dc "$ko" >"$root/lib/modules/$krelease/$m.ko"
+  elif [[ -n "$ko" ]]; then
     cp "$ko" "$root/lib/modules/$krelease/"
   elif ! grep -q "/$m\.ko\$" "$kdir/deb/lib/modules/$krelease/modules.builtin"; then
     die "kernel module $m is neither in $KPKG nor built in"

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Builds the tiny Linux test guest that the VM tests (tests/vm) boot with QEMU against vsockd.
-# Usage: scripts/build-guest.sh [--out DIR] [--agent FILE]
-#   --out DIR     output folder (default: build-guest/ in the repository; relative paths are
-#                 taken from the repository root)
+# Usage: scripts/build-guest.sh [--kernel SERIES] [--out DIR] [--tools DIR] [--agent FILE]
+#   --kernel S    the guest kernel's series: 6.1 (default, Debian 12's kernel) or 6.12 (Debian
+#                 12's newer kernel, fetched through a private view of Debian's archive)
+#   --out DIR     output folder (default: build-guest/ for 6.1, build-guest-6.12/ for 6.12;
+#                 relative paths are taken from the repository root)
+#   --tools DIR   where the static guest programs are built (default DIR/tools of --out; the
+#                 programs do not depend on the kernel, so two images can share one)
 #   --agent FILE  use FILE as the guest's /agent instead of guest/rootfs/agent
 #
 # Steps: installs what is missing (scripts/install-deps.sh --guest), builds the static guest
@@ -12,25 +16,36 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-out="build-guest"
+out=""
+tools=""
+series=6.1
 image_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --kernel) series="${2:?--kernel needs a series (6.1 or 6.12)}"; shift 2 ;;
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
+    --tools) tools="${2:?--tools needs a directory}"; shift 2 ;;
     --agent) image_args+=(--agent "$(realpath "${2:?--agent needs a file}")"); shift 2 ;;
-    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "build-guest.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$series" in
+  6.1) out="${out:-build-guest}" ;;
+  6.12) out="${out:-build-guest-6.12}" ;;
+  *) echo "build-guest.sh: --kernel $series: the series is 6.1 or 6.12" >&2; exit 2 ;;
+esac
 cd "$repo"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+tools="${tools:-$out/tools}"
+mkdir -p "$tools"
+tools=$(cd "$tools" && pwd)
 start=$SECONDS
 
 echo "==> checking build dependencies (scripts/install-deps.sh --guest)"
 "$repo/scripts/install-deps.sh" --guest
 
-tools="$out/tools"
 if [[ ! -f "$tools/build.ninja" ]]; then
   echo "==> configuring the static guest programs in $tools"
   cmake -S "$repo" -B "$tools" -G Ninja -DVSOCKD_STATIC=ON -DVSOCKD_TESTS=OFF -DVSOCKD_WERROR=ON \
@@ -51,5 +66,5 @@ fi
   { echo "build-guest.sh: ERROR: $tools/guest-programs.txt missing (CMake too old?)" >&2; exit 1; }
 
 "$repo/guest/build-image.sh" --out "$out" --programs "$tools/guest-programs.txt" \
-  "${image_args[@]}"
+  --kernel "$series" "${image_args[@]}"
 echo "==> done in $((SECONDS - start)) s: $out/image"

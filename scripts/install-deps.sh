@@ -16,7 +16,8 @@ set -euo pipefail
 
 pkgs=(cmake ninja-build g++ pkg-config libfmt-dev libcli11-dev libgtest-dev libgmock-dev socat
       nlohmann-json3-dev libyaml-cpp-dev help2man)
-guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip gcc libc6-dev xz-utils)
+guest_pkgs=(qemu-system-x86 python3 python3.11 socat binutils gzip gcc libc6-dev xz-utils
+            zstd debian-archive-keyring)
 for arg in "$@"; do
   case "$arg" in
     --test) pkgs+=(clang-14 libclang-rt-14-dev clang-format-14 clang-tidy-14 python3 tshark

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of the project, the way CI does:
 #   1. a RelWithDebInfo build, the test guest image (scripts/build-guest.sh), and all the
-#      tests (unit, integration, QEMU handshake, real-guest VM tests: label "vm");
+#      tests (unit, integration, QEMU handshake, real-guest VM tests: label "vm") on Debian
+#      12's QEMU 7.2 with a Linux 6.1 guest;
+#   1b. the QEMU handshake and every VM test again on the other generation: QEMU 10.0 from
+#      bookworm-backports (scripts/fetch-qemu.sh) with a Linux 6.12 guest
+#      (scripts/build-guest.sh --kernel 6.12), the kernel's 6.12 vsock_test included;
 #   2. an ASan+UBSan build and all its tests (the VM tests again, against an ASan vsockd);
 #   3. a ThreadSanitizer build of the daemon's threaded parts and their tests;
 #   4. the libFuzzer targets (clang), each for a short run from its corpus (scripts/fuzz.sh);
@@ -40,6 +44,13 @@ step "tests (RelWithDebInfo)"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 if [[ $quick -eq 1 ]]; then exit 0; fi
+
+step "test guest image with Linux 6.12 (scripts/build-guest.sh --kernel 6.12) and QEMU 10.0"
+scripts/build-guest.sh --kernel 6.12 --tools build-guest/tools
+qemu10=$(scripts/fetch-qemu.sh --print-path)
+step "QEMU handshake and VM tests on QEMU 10.0 with Linux 6.12 guests"
+VSOCKD_QEMU="$qemu10" VSOCKD_GUEST_IMAGE="$PWD/build-guest-6.12/image" \
+  ctest --test-dir build --output-on-failure -j"$jobs" -R '^(vhost_user_qemu_test|vm_.*)$'
 
 step "build (ASan+UBSan) in build-asan/"
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVSOCKD_SANITIZE=ON -DVSOCKD_WERROR=ON \

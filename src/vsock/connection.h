@@ -32,13 +32,18 @@
 //   guest RW                 -> payload to the host socket (writev straight from guest memory)
 //   guest CREDIT_REQUEST     -> we CREDIT_UPDATE
 //   guest SHUTDOWN(SEND)     -> after its buffered data reached the host: shutdown(SHUT_WR)
-//   guest SHUTDOWN(RCV)      -> we stop reading the host (nothing more to send the guest)
+//   guest SHUTDOWN(RCV)      -> we stop reading the host and shutdown(SHUT_RD) it: an AF_UNIX
+//                               peer's writes then fail with EPIPE (a sibling guest's device
+//                               sees that and tells its guest SHUTDOWN(RCV))
 //   both bits (sticky, OR-ed over packets) and nothing left to deliver -> close the host fd,
 //                               RST, free (Linux does the same)
 //   guest RST                -> close the host fd, free; never answered
 //   host EOF (read 0)        -> after the data before it: SHUTDOWN(SEND) (half-close: the guest
 //                               may keep sending)
 //   host EPOLLHUP + EOF      -> SHUTDOWN(RCV|SEND), kClosing
+//   host peer shutdown(SHUT_RD) (our write or a zero-length probe gets EPIPE while the peer
+//                               still sends) -> SHUTDOWN(RCV): the guest's sends fail with
+//                               EPIPE, as with a kernel peer; what it sent is discarded
 //   host write error         -> RST, free
 //   anything for an unknown connection, except RST -> RST (never reply to an RST)
 //
@@ -270,6 +275,7 @@ class Connection {
   bool host_rdhup = false;       // EPOLLRDHUP/HUP seen: a read returns 0 once data is drained
   bool host_hup = false;         // EPOLLHUP: the host peer closed both directions
   bool host_shut_wr = false;     // we did shutdown(SHUT_WR) after the guest's SHUTDOWN(SEND)
+  bool host_stopped_reading = false;  // the host peer did shutdown(SHUT_RD): guest data dropped
   bool host_not_socket = false;  // sendmsg gave ENOTSOCK (a pipe, in tests): use writev
   bool host_records = false;     // SOCK_SEQPACKET (or DGRAM): one readv per record
   std::string prefix;            // host bytes already read (HostStream::prefix), sent first

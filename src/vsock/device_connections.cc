@@ -345,6 +345,16 @@ void Device::Impl::OnHostEvent(ConnKey key, uint32_t events) {
       return;
     }
   }
+  // A writable-only wakeup with nothing to write: AF_UNIX wakes us this way when the peer
+  // does shutdown(SHUT_RD), which sets no poll bit of ours. Ask with a zero-length send, so the
+  // guest learns it before it sends (vsock_test "SOCK_STREAM SHUT_RD" between two guests).
+  // Stream only: on SOCK_SEQPACKET a zero-length send is an empty record.
+  if ((events & (EPOLLOUT | EPOLLIN | EPOLLHUP | EPOLLERR)) == EPOLLOUT &&
+      conn->state() == ConnState::kEstablished && !conn->host_stopped_reading &&
+      !conn->host_records && !conn->host_not_socket && conn->buffer.empty() &&
+      conn->pending_bytes == 0 && !conn->guest_sends_no_more() && HostStoppedReading(conn, 0)) {
+    OnHostStoppedReading(conn);
+  }
   if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
     conn->host_writable = true;
     if (!conn->buffer.empty() && conn->state() == ConnState::kEstablished) {
@@ -397,6 +407,31 @@ void Device::Impl::OnHostEof(Connection* conn) {
   } else {
     QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_SEND);
   }
+}
+
+bool Device::Impl::HostStoppedReading(Connection* conn, int write_errno) {
+  if (write_errno == 0) {
+    msghdr empty{};
+    if (::sendmsg(conn->host_fd.get(), &empty, MSG_NOSIGNAL | MSG_DONTWAIT) == 0) return false;
+    write_errno = errno;
+  }
+  if (write_errno != EPIPE) return false;
+  // POLLHUP: both directions are shut on our end, i.e. the peer closed (or shut both ways):
+  // the connection ends the usual way (EOF, then SHUTDOWN(RCV|SEND) or RST).
+  pollfd p{conn->host_fd.get(), 0, 0};
+  return ::poll(&p, 1, 0) >= 0 && (p.revents & POLLHUP) == 0;
+}
+
+void Device::Impl::OnHostStoppedReading(Connection* conn) {
+  if (conn->host_stopped_reading) return;
+  conn->host_stopped_reading = true;
+  LOG_DEBUG("vsock cid {}: guest port {}: the host peer stopped reading (SHUT_RD)",
+            opts_.guest_cid, conn->info().guest_port);
+  const uint32_t discarded = conn->Unforwarded();
+  DropGuestData(conn);
+  conn->OnForwardedToHost(discarded);
+  QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_RCV);
+  MaybeQueueRx(conn);
 }
 
 void Device::Impl::MaybeQueueRx(Connection* conn) {

@@ -282,6 +282,13 @@ class Device::Impl {
   void EnterClosing(Connection* conn);
   void StartCloseTimer(Connection* conn);
   void OnHostEof(Connection* conn);
+  // Whether the host peer did shutdown(SHUT_RD): `write_errno` is the errno of a failed write
+  // (0: probe with a zero-length send, stream sockets only). EPIPE while the peer has not
+  // hung up (it may still send) is that, and nothing else is.
+  bool HostStoppedReading(Connection* conn, int write_errno);
+  // The host peer stopped reading: SHUTDOWN(RCV) to the guest, its unwritten data discarded
+  // (counted as forwarded, so credit and budgets stay exact). Idempotent.
+  void OnHostStoppedReading(Connection* conn);
   void MaybeQueueRx(Connection* conn);
   void MaybeCreditUpdate(Connection* conn);
 

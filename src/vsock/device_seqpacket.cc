@@ -47,6 +47,10 @@ bool Device::Impl::FlushMessagesToHost(Connection* conn) {
       conn->host_writable = false;
       break;
     }
+    if (sent < 0 && HostStoppedReading(conn, errno)) {
+      OnHostStoppedReading(conn);  // SHUTDOWN(RCV) to the guest; these messages are discarded
+      return true;
+    }
     // A later message's error is not reported (sendmmsg): the next call starts with it.
     for (int i = 0; i < std::max(sent, 1); ++i) {
       const Connection::GuestMessage m = conn->messages.front();

@@ -135,6 +135,47 @@ TEST_F(DeviceTest, HalfCloseHostToGuest) {
   EXPECT_TRUE(guest_->rx_packets().empty());  // RST is never answered
 }
 
+// The guest's shutdown(SHUT_RD) reaches an AF_UNIX peer as shutdown(SHUT_RD): its sends fail
+// with EPIPE (vsock_test "SOCK_STREAM SHUT_RD"); the other direction keeps working.
+TEST_F(DeviceTest, GuestShutRdMakesTheHostPeersSendsFail) {
+  Fd peer = Connect();
+  auto sh = guest_->Header(VIRTIO_VSOCK_OP_SHUTDOWN, kGuestPort, kHostPort);
+  sh.flags = VIRTIO_VSOCK_SHUTDOWN_RCV;
+  ASSERT_TRUE(guest_->Send(sh).ok());
+  Pump();
+  errno = 0;
+  EXPECT_EQ(::send(peer.get(), "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT), -1);
+  EXPECT_EQ(errno, EPIPE);
+  SendRw(Bytes("still sending"));
+  std::vector<uint8_t> got;
+  ASSERT_TRUE(RunUntil([&] {
+    ReadAvailable(peer.get(), &got);
+    return got.size() >= 13;
+  }));
+  EXPECT_EQ(std::string(got.begin(), got.end()), "still sending");
+  EXPECT_EQ(device_->stats().connections_active, 1u);
+}
+
+// A host peer's shutdown(SHUT_RD) reaches the guest as SHUTDOWN(RCV) before the guest sends
+// (the zero-length probe on the wakeup), and data the guest sent anyway is consumed (credit
+// moves on), never an RST.
+TEST_F(DeviceTest, HostShutRdReachesTheGuestAsShutdownRcv) {
+  Fd peer = Connect();
+  ASSERT_EQ(::shutdown(peer.get(), SHUT_RD), 0);
+  auto sh = NextRx();
+  ASSERT_TRUE(sh);
+  EXPECT_EQ(sh->hdr.op, VIRTIO_VSOCK_OP_SHUTDOWN);
+  EXPECT_EQ(sh->hdr.flags, VIRTIO_VSOCK_SHUTDOWN_RCV);
+  SendRw(Bytes("nobody reads this"));
+  Pump();
+  EXPECT_EQ(device_->stats().connections_active, 1u);
+  EXPECT_EQ(device_->stats().buffered_bytes, 0u);
+  // Host -> guest still flows.
+  ASSERT_EQ(::write(peer.get(), "reply", 5), 5);
+  auto data = ReceiveRw(5);
+  EXPECT_EQ(std::string(data.begin(), data.end()), "reply");
+}
+
 TEST_F(DeviceTest, HostCloseThenCloseTimeoutSendsRst) {
   DeviceOptions o;
   o.close_timeout = std::chrono::milliseconds(20);

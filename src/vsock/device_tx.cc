@@ -173,7 +173,12 @@ void Device::Impl::HandleTxChain(const DescChain& chain) {
       conn->pending_ctrl |= Connection::kCtrlCreditReply;
       break;
     case VIRTIO_VSOCK_OP_SHUTDOWN:
-      conn->AddPeerShutdown(h.flags);
+      // SHUTDOWN(RCV) becomes the host socket's shutdown(SHUT_RD): an AF_UNIX peer's sends
+      // then fail with EPIPE, as a vsock peer's do after the kernel sees SHUTDOWN(RCV).
+      if ((conn->AddPeerShutdown(h.flags) & VIRTIO_VSOCK_SHUTDOWN_RCV) != 0 &&
+          conn->host_fd.valid() && !conn->host_not_socket) {
+        ::shutdown(conn->host_fd.get(), SHUT_RD);
+      }
       if (conn->guest_sends_no_more()) DropPartialMessage(conn);
       if (!MaybeFinishGuestSend(conn)) return;
       break;
@@ -237,6 +242,11 @@ bool Device::Impl::HandleRw(Connection* conn, const PacketHeader& h, const DescC
   }
   conn->OnReceivedFromGuest(h.len);
   stats_.tx_bytes += h.len;
+  if (conn->host_stopped_reading) {
+    // Sent before the guest saw our SHUTDOWN(RCV): nobody reads it; consumed, so credit holds.
+    conn->OnForwardedToHost(h.len);
+    return true;
+  }
   if (conn->seqpacket()) {
     // A message begun in this batch stays in guest memory (pending_iov) until the batch's
     // flush; one begun in an earlier batch was copied, and so are its later fragments.
@@ -309,8 +319,13 @@ bool Device::Impl::FlushToHost(Connection* conn) {
           conn->host_writable = false;
           break;
         }
+        const int err = errno;
+        if (HostStoppedReading(conn, err)) {
+          OnHostStoppedReading(conn);  // discards this batch too
+          return true;
+        }
         LOG_DEBUG("vsock: host write for guest port {}: {}", conn->info().guest_port,
-                  std::strerror(errno));
+                  std::strerror(err));
         FreeConnection(conn, RstReason::kHostError);
         return false;
       }

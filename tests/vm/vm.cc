@@ -552,6 +552,12 @@ std::string Vm::ExitDescription() const {
   return DescribeWaitStatus(wait_status_);
 }
 
+std::string DefaultQemu() {
+  const char* env = std::getenv("VSOCKD_QEMU");
+  if (env != nullptr && *env != '\0') return env;
+  return "qemu-system-x86_64";
+}
+
 std::string DefaultImageDir() {
   const char* env = std::getenv("VSOCKD_GUEST_IMAGE");
   if (env != nullptr && *env != '\0') return env;

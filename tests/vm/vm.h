@@ -33,12 +33,17 @@
 
 namespace vsockd::vmtest {
 
+// The QEMU the VM tests run: $VSOCKD_QEMU if set (e.g. QEMU 10 unpacked by
+// scripts/fetch-qemu.sh), else qemu-system-x86_64 from PATH.
+std::string DefaultQemu();
+
 struct VmOptions {
   std::string image_dir;     // holds vmlinux and initrd.cpio.gz (DefaultImageDir())
   std::string vhost_socket;  // vsockd's vhost-user socket (--socket); must already listen
   std::string name = "vm";   // for messages
   uint32_t memory_mib = 512;
-  std::string qemu = "qemu-system-x86_64";  // looked up in PATH; tests pass a fake
+  // A name looked up in PATH or a path (DefaultQemu()); the runner's tests pass a fake.
+  std::string qemu = DefaultQemu();
   std::vector<std::string> extra_qemu_args;
   std::string extra_cmdline;     // appended to the kernel command line
   std::string console_log_path;  // if set: everything the console printed (appended)
@@ -146,6 +151,6 @@ std::string DefaultImageDir();
 // OK if `dir` holds what Boot() needs; otherwise says what is missing and how to build it.
 Status CheckImage(const std::string& dir);
 // OK if `qemu` (a name looked up in PATH, or a path) can be executed.
-Status CheckQemu(const std::string& qemu = "qemu-system-x86_64");
+Status CheckQemu(const std::string& qemu = DefaultQemu());
 
 }  // namespace vsockd::vmtest
