@@ -1,5 +1,6 @@
 #include "vhost_user/backend.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -23,6 +24,20 @@ constexpr uint32_t kMaxVrings = VHOST_USER_VRING_IDX_MASK + 1;
 // dropped after this long instead of blocking the event loop: QEMU sends every message
 // with one sendmsg, so a complete message never takes this long to arrive.
 constexpr auto kIoTimeout = std::chrono::seconds(2);
+
+// Requests after which the session state may differ (Snapshot() would say something else).
+bool ChangesState(uint32_t request) {
+  switch (request) {
+    case VHOST_USER_GET_FEATURES:
+    case VHOST_USER_GET_PROTOCOL_FEATURES:
+    case VHOST_USER_GET_QUEUE_NUM:
+    case VHOST_USER_GET_CONFIG:
+    case VHOST_USER_SET_OWNER:
+      return false;
+    default:
+      return true;
+  }
+}
 
 bool HasOwnReply(uint32_t request) {
   switch (request) {
@@ -150,6 +165,11 @@ void Backend::EndSession(const Error& why) {
   loop_->Remove(conn_.get());
   conn_.Reset();
   device_->FrontendGone();
+  NotifyObserver();
+  ResumeAccepting();
+}
+
+void Backend::ResumeAccepting() {
   if (listener_ && !listener_watched_) {
     auto st = loop_->Add(listener_.get(), EPOLLIN, [this](uint32_t) { OnAcceptable(); });
     if (st.ok()) {
@@ -182,6 +202,8 @@ void Backend::ResetVring(uint32_t index, bool keep_history) {
 void Backend::ResetSessionState() {
   for (uint32_t i = 0; i < vrings_.size(); ++i) ResetVring(i, /*keep_history=*/false);
   memory_.reset();
+  regions_.clear();
+  region_fds_.clear();
   acked_features_ = 0;
   features_set_ = false;
   protocol_features_acked_ = false;
@@ -205,6 +227,7 @@ Status Backend::HandleMessage(Message& msg) {
   has_reply_ = false;
   Status result = Dispatch(msg);
   msg.fds.clear();  // close whatever the handler did not keep
+  if (ChangesState(msg.request)) NotifyObserver();
 
   if (has_reply_) {
     has_reply_ = false;
@@ -338,9 +361,18 @@ Status Backend::OnSetMemTable(Message& msg) {
                        end, static_cast<uint64_t>(st.st_size));
     }
   }
+  // Our own copy of each file, for a keeper (Snapshot()); GuestMemory closes the originals.
+  std::vector<Fd> copies;
+  for (uint32_t i = 0; i < hdr.nregions; ++i) {
+    Fd copy(::fcntl(msg.fds[i].get(), F_DUPFD_CLOEXEC, 0));
+    if (!copy) return ErrnoError("dup of memory region {} fd", i);
+    copies.push_back(std::move(copy));
+  }
   auto mem = virtio::GuestMemory::Map(regions, std::move(msg.fds));
   msg.fds.clear();
   if (!mem.ok()) return mem.take_error();
+  regions_ = regions;
+  region_fds_ = std::move(copies);
   std::shared_ptr<const virtio::GuestMemory> table = std::move(*mem);
   // Running queues switch to the new table; the old one stays mapped until the last queue
   // lets go of it (shared_ptr), so nothing ever points into unmapped memory.
@@ -534,6 +566,11 @@ Status Backend::MaybeStart(uint32_t index) {
     v.queue.Reset();
     return MakeError(st.error().code, "vring {} cannot start: {}", index, st.error().context);
   }
+  if (v.resume_at_used) {
+    v.resume_at_used = false;
+    v.queue.ResumeAtUsedIndex();
+    v.base = v.queue.last_avail_idx();
+  }
   v.queue.SetCallFd(v.call.get());
   // driver_reset: the guest driver re-initialised this ring since its previous run. The
   // frontend tells us nothing directly, so infer it: a pause/resume (VM stop/cont) restarts
@@ -586,6 +623,140 @@ void Backend::OnKick(uint32_t index, uint32_t events) {
   if (v.running) device_->QueueKicked(index);
   // A kick on a ring that is not running is dropped: the device looks at the ring when
   // it starts anyway.
+}
+
+void Backend::NotifyObserver() {
+  if (observer_) observer_(*this);
+}
+
+SessionState Backend::Snapshot(std::vector<int>* fds) const {
+  fds->clear();
+  SessionState s;
+  if (!conn_) return s;
+  s.acked_features = acked_features_;
+  s.features_set = features_set_;
+  s.protocol_features = protocol_features_;
+  s.regions = regions_;
+  for (const Fd& fd : region_fds_) fds->push_back(fd.get());
+  auto add = [fds](const Fd& fd) {
+    if (!fd) return SessionState::kNoFd;
+    fds->push_back(fd.get());
+    return static_cast<int>(fds->size() - 1);
+  };
+  for (const auto& vp : vrings_) {
+    const Vring& v = *vp;
+    SessionState::Ring r;
+    r.num = v.num;
+    r.addr_set = v.addr_set;
+    r.addr = v.addr;
+    r.base = v.running ? v.queue.last_avail_idx() : v.base;
+    r.enable = v.enable == Vring::Enable::kOn ? 1 : v.enable == Vring::Enable::kOff ? 2 : 0;
+    r.running = v.running;
+    r.kick = add(v.kick);
+    r.call = add(v.call);
+    r.err = add(v.err);
+    s.rings.push_back(r);
+  }
+  return s;
+}
+
+void Backend::Release() {
+  if (!conn_) return;
+  LOG_INFO("vhost-user session {} released (kept for another process)", sessions_);
+  for (uint32_t i = 0; i < vrings_.size(); ++i) StopQueue(i);
+  ResetSessionState();
+  loop_->Remove(conn_.get());
+  conn_.Reset();
+  ResumeAccepting();
+}
+
+Status Backend::Resume(Fd connection, const SessionState& state, std::vector<Fd> fds) {
+  if (conn_) return MakeError(EBUSY, "a vhost-user frontend is already connected");
+  if (fds.size() < state.fd_count()) {
+    return MakeError(EINVAL, "session state names {} descriptors, {} came", state.fd_count(),
+                     fds.size());
+  }
+  if (state.rings.size() != vrings_.size()) {
+    return MakeError(EINVAL, "session state has {} vrings, the device {}", state.rings.size(),
+                     vrings_.size());
+  }
+  uint64_t offered = device_->DeviceFeatures() | kVersion1 | kProtocolFeaturesBit;
+  if (state.features_set && (state.acked_features & ~offered) != 0) {
+    return MakeError(EINVAL, "session state acked features {:#x} this device does not offer",
+                     state.acked_features);
+  }
+  if ((state.protocol_features & ~kBackendProtocolFeatures) != 0) {
+    return MakeError(EINVAL, "session state protocol features {:#x} not offered",
+                     state.protocol_features);
+  }
+  uint32_t max = std::min(device_->MaxQueueSize(), virtio::kMaxQueueSize);
+  for (const auto& r : state.rings) {
+    if (r.num != 0 && (!std::has_single_bit(r.num) || r.num > max)) {
+      return MakeError(EINVAL, "session state: vring size {}", r.num);
+    }
+    if (r.running && r.kick == SessionState::kNoFd) {
+      return MakeError(EINVAL, "session state: a running vring without a kick fd");
+    }
+  }
+  std::shared_ptr<const virtio::GuestMemory> table;
+  std::vector<Fd> copies;
+  if (!state.regions.empty()) {
+    std::vector<Fd> region_fds;
+    for (size_t i = 0; i < state.regions.size(); ++i) {
+      Fd copy(::fcntl(fds[i].get(), F_DUPFD_CLOEXEC, 0));
+      if (!copy) return ErrnoError("dup of memory region {} fd", i);
+      copies.push_back(std::move(copy));
+      region_fds.push_back(std::move(fds[i]));
+    }
+    auto mem = virtio::GuestMemory::Map(state.regions, std::move(region_fds));
+    if (!mem.ok()) return mem.take_error();
+    table = std::move(*mem);
+  }
+  VSOCKD_RETURN_IF_ERROR(Attach(std::move(connection)));
+  LOG_INFO("vhost-user session {} resumed from a kept state ({} regions)", sessions_,
+           state.regions.size());
+  acked_features_ = state.acked_features;
+  features_set_ = state.features_set;
+  protocol_features_acked_ = (state.acked_features & kProtocolFeaturesBit) != 0;
+  protocol_features_ = state.protocol_features;
+  if (features_set_) device_->SetAckedFeatures(acked_features_ & ~kProtocolFeaturesBit);
+  memory_ = std::move(table);
+  regions_ = state.regions;
+  region_fds_ = std::move(copies);
+  for (uint32_t i = 0; i < vrings_.size(); ++i) {
+    const SessionState::Ring& r = state.rings[i];
+    Vring& v = *vrings_[i];
+    v.num = r.num;
+    v.addr_set = r.addr_set;
+    v.addr = r.addr;
+    v.addr.index = i;
+    v.base = r.base;
+    v.enable = r.enable == 1   ? Vring::Enable::kOn
+               : r.enable == 2 ? Vring::Enable::kOff
+                               : Vring::Enable::kUnset;
+    if (r.call != SessionState::kNoFd) v.call = std::move(fds[static_cast<size_t>(r.call)]);
+    if (r.err != SessionState::kNoFd) v.err = std::move(fds[static_cast<size_t>(r.err)]);
+    if (r.kick != SessionState::kNoFd) {
+      Fd kick = std::move(fds[static_cast<size_t>(r.kick)]);
+      Status st = SetNonBlocking(kick.get(), true);
+      if (st.ok()) {
+        st = loop_->Add(kick.get(), EPOLLIN | EPOLLET,
+                        [this, i](uint32_t events) { OnKick(i, events); });
+      }
+      if (!st.ok()) {
+        EndSession(st.error());
+        return st;
+      }
+      v.kick = std::move(kick);
+    }
+    v.resume_at_used = r.running;
+    Status st = MaybeStart(i);
+    if (!st.ok()) LOG_WARN("vhost-user: resumed {}", st.error().ToString());
+    // Kicks sent while nobody served the ring were counted by the eventfd: look now.
+    if (v.running) device_->QueueKicked(i);
+  }
+  NotifyObserver();
+  return OkStatus();
 }
 
 }  // namespace vsockd::vhost_user

@@ -23,9 +23,15 @@
 // - Frontend input is untrusted: framing errors (bad header, size, fd count) end the
 //   session; a well-formed but refused request gets a REPLY_ACK failure when asked for,
 //   otherwise it is logged (rate-limited) and ignored.
+//
+// Taking a session over (vsockd restarting under a running VM): Snapshot() describes the
+// session (SessionState, with the descriptors it needs); SetSessionObserver() says when that
+// changed, so a keeper can hold a copy; Release() lets go of the session without the frontend
+// noticing; Resume() serves a session from a kept state, on the same connection.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +40,7 @@
 #include "base/fd.h"
 #include "base/result.h"
 #include "vhost_user/message.h"
+#include "vhost_user/session_state.h"
 #include "virtio/guest_memory.h"
 #include "virtio/split_queue.h"
 #include "virtio/virtio_device.h"
@@ -69,6 +76,28 @@ class Backend {
   // Ends the current session as if the frontend had gone away (no-op when none).
   void Disconnect();
 
+  // The current session: its state, and in *fds the descriptors SessionState's indices name
+  // (borrowed: valid until the next message or the end of the session; a keeper dups them).
+  // Only meaningful while connected().
+  SessionState Snapshot(std::vector<int>* fds) const;
+  // Called (on the loop's thread) after each request that may have changed the session
+  // state, and when the session ends (connected() is false then).
+  using SessionObserver = std::function<void(const Backend&)>;
+  void SetSessionObserver(SessionObserver observer) { observer_ = std::move(observer); }
+  // Lets go of the session without ending it: the rings are stopped for the device (which
+  // then holds nothing of them) and every descriptor is closed, but the frontend sees nothing
+  // as long as someone else holds the connection (a keeper, or the process that resumes it).
+  // The device is not told FrontendGone. No-op when not connected.
+  void Release();
+  // Serves a session taken over from another backend: `connection` is the frontend's socket,
+  // `state` and `fds` what Snapshot() gave (fds[i] for index i). The memory table is mapped,
+  // the rings get their sizes, addresses, eventfds and enable state back, and a ring that was
+  // running resumes at its used index in guest memory (SplitQueue::ResumeAtUsedIndex), so no
+  // chain completed before is completed twice and none taken but not completed is lost. The
+  // device sees SetAckedFeatures and QueueStarted (driver_reset false) as for a new session.
+  // Fails (nothing kept) if the state does not fit this device or the memory cannot be mapped.
+  Status Resume(Fd connection, const SessionState& state, std::vector<Fd> fds);
+
   // Handles one decoded request as if it had been read from the connection; replies go to
   // the connection. An error means the session must end (the caller does it: see
   // Disconnect()). Public for the fuzzer and tests; needs an attached connection.
@@ -98,7 +127,8 @@ class Backend {
     Fd call;
     Fd err;
     enum class Enable { kUnset, kOn, kOff } enable = Enable::kUnset;
-    bool running = false;  // QueueStarted was called and QueueStopped was not
+    bool running = false;         // QueueStarted was called and QueueStopped was not
+    bool resume_at_used = false;  // Resume(): start at the used index in guest memory
     virtio::SplitQueue queue;
     // What the previous run looked like, to tell a driver reset from a pause.
     bool ran_before = false;
@@ -113,6 +143,9 @@ class Backend {
   void OnKick(uint32_t index, uint32_t events);
   void EndSession(const Error& why);
   void ResetSessionState();
+  void NotifyObserver();
+  // Watches the listener again once no frontend is connected.
+  void ResumeAccepting();
   void ResetVring(uint32_t index, bool keep_history);
 
   // Dispatch. Each returns the request's outcome (a failure is acked or logged, not fatal),
@@ -157,6 +190,11 @@ class Backend {
   bool protocol_features_acked_ = false;  // bit 30 acked in SET_FEATURES
   uint64_t protocol_features_ = 0;
   std::shared_ptr<const virtio::GuestMemory> memory_;
+  // The memory table as the frontend sent it, and a copy of each region's file (GuestMemory
+  // closes its own after mapping): Snapshot() hands them to a keeper.
+  std::vector<virtio::MemoryRegion> regions_;
+  std::vector<Fd> region_fds_;
+  SessionObserver observer_;
   std::vector<std::unique_ptr<Vring>> vrings_;  // stable addresses: devices keep &queue
   bool has_reply_ = false;
   Message reply_;

@@ -1,5 +1,6 @@
 #include "vhost_user/backend.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -7,6 +8,8 @@
 
 #include <cstdlib>
 #include <functional>
+#include <future>
+#include <mutex>
 #include <thread>
 
 #include "base/event_fd.h"
@@ -446,6 +449,109 @@ TEST_F(BackendTest, FrontendCloseStopsQueuesThenReportsGone) {
   auto pos = [&](const std::string& s) { return std::find(ev.begin(), ev.end(), s) - ev.begin(); };
   EXPECT_LT(pos("stop 0"), pos("gone"));
   EXPECT_LT(pos("stop 1"), pos("gone"));
+}
+
+// vsockd restarting under a running VM: a keeper holds the session (the observer's snapshots,
+// their descriptors dup'ed, and a copy of the connection); the first backend lets go of it;
+// a second one (another device, as in a new process) resumes it on the same connection. The
+// frontend notices nothing, the rings resume at the used index in guest memory (chains taken
+// but not completed are taken again, completed ones are not), kicks reach the new device.
+TEST_F(BackendTest, ReleasedSessionResumesInAnotherBackendAtTheUsedIndex) {
+  struct Kept {
+    std::mutex mu;
+    std::vector<uint8_t> state;
+    std::vector<Fd> fds;
+    bool ended = false;
+  } kept;
+  backend_->SetSessionObserver([&kept](const Backend& b) {
+    std::lock_guard lock(kept.mu);
+    kept.ended = !b.connected();
+    std::vector<int> fds;
+    SessionState s = b.Snapshot(&fds);
+    kept.state = s.Encode();
+    kept.fds.clear();
+    for (int fd : fds) kept.fds.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  });
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Fd keeper_conn(::fcntl(sv[0], F_DUPFD_CLOEXEC, 0));
+  ASSERT_TRUE(backend_->Attach(Fd(sv[0])).ok());
+  Frontend f = MustFrontend(Frontend::FromFd(Fd(sv[1])));
+  StartLoop();
+  Realize(f);
+  SetRingIdx(0, 0, 5);
+  SetRingIdx(1, 0, 5);
+  Start(f, Offered(), 0, 5);
+  ASSERT_TRUE(dev_.WaitFor("start 1 reset=0"));
+  // The driver made 4 more chains available on each ring; the old process completed 2 of
+  // them (used.idx 7) before it went away.
+  for (uint32_t i = 0; i < 2; ++i) {
+    RingAddrs a = Addrs(i, 0);
+    uint16_t avail = 9, used = 7;
+    std::memcpy(mem_ + a.avail + 2, &avail, 2);
+    std::memcpy(mem_ + a.used + 2, &used, 2);
+  }
+
+  auto on_loop = [this](std::function<void()> fn) {
+    std::promise<void> done;
+    loop_->Post([&] {
+      fn();
+      done.set_value();
+    });
+    done.get_future().wait();
+  };
+  on_loop([this] { backend_->Release(); });
+  EXPECT_FALSE(backend_->connected());
+  EXPECT_EQ(dev_.Count("gone"), 0u) << "a released session is not a frontend going away";
+
+  FakeDevice dev2{0x1234567};
+  uint16_t resumed_at[2] = {0, 0};
+  dev2.on_start = [&](uint32_t index, virtio::SplitQueue* q) {
+    resumed_at[index] = q->last_avail_idx();
+  };
+  auto backend2 = std::make_unique<Backend>(loop_.get(), &dev2);
+  Status resumed;
+  {
+    std::lock_guard lock(kept.mu);
+    ASSERT_FALSE(kept.ended);
+    auto state = SessionState::Decode(kept.state, kept.fds.size());
+    ASSERT_TRUE(state.ok()) << state.error().ToString();
+    on_loop(
+        [&] { resumed = backend2->Resume(std::move(keeper_conn), *state, std::move(kept.fds)); });
+  }
+  ASSERT_TRUE(resumed.ok()) << resumed.error().ToString();
+  EXPECT_EQ(dev2.Count("start 0 reset=0"), 1u);
+  EXPECT_EQ(dev2.Count("start 1 reset=0"), 1u);
+  EXPECT_EQ(dev2.acked(), Offered() & ~kProtocolBit);
+  EXPECT_EQ(resumed_at[0], 7);
+  EXPECT_EQ(resumed_at[1], 7);
+  // Kicks reach the new device; the frontend's next request is answered by it.
+  uint64_t one = 1;
+  ASSERT_EQ(::write(kick_[1].get(), &one, sizeof one), 8);
+  ASSERT_TRUE(dev2.WaitFor("kick 1"));
+  auto base = f.GetVringBase(0);
+  ASSERT_TRUE(base.ok()) << base.error().ToString();
+  EXPECT_EQ(*base, 7u);
+  EXPECT_EQ(dev2.Count("stop 0"), 1u);
+  on_loop([&] { backend2.reset(); });
+}
+
+TEST_F(BackendTest, ResumeRefusesAStateThatDoesNotFit) {
+  StartLoop();
+  SessionState s;
+  s.rings.resize(3);  // the device has 2
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Fd other(sv[1]);
+  Status st;
+  std::promise<void> done;
+  loop_->Post([&] {
+    st = backend_->Resume(Fd(sv[0]), s, {});
+    done.set_value();
+  });
+  done.get_future().wait();
+  EXPECT_FALSE(st.ok());
+  EXPECT_FALSE(backend_->connected());
 }
 
 // Hostile frontends: each case breaks the framing; the backend must drop the session,

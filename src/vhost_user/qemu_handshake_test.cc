@@ -142,9 +142,8 @@ class Qmp {
 TEST(QemuHandshakeTest, QemuRealizesVhostUserVsockAndQuits) {
   // $VSOCKD_QEMU (another QEMU, e.g. 10.0 from scripts/fetch-qemu.sh) or PATH's.
   const char* env_qemu = std::getenv("VSOCKD_QEMU");
-  std::string qemu = env_qemu != nullptr && *env_qemu != '\0'
-                         ? std::string(env_qemu)
-                         : FindOnPath("qemu-system-x86_64");
+  std::string qemu = env_qemu != nullptr && *env_qemu != '\0' ? std::string(env_qemu)
+                                                              : FindOnPath("qemu-system-x86_64");
   if (qemu.empty()) {
     const char* require = std::getenv("VSOCKD_REQUIRE_QEMU");
     if (require != nullptr && std::string(require) == "1") {

@@ -111,6 +111,13 @@ Status SplitQueue::Configure(std::shared_ptr<const GuestMemory> memory, const Co
   return OkStatus();
 }
 
+void SplitQueue::ResumeAtUsedIndex() {
+  if (!configured_) return;
+  last_avail_idx_ = used_idx_;
+  shadow_avail_idx_ = used_idx_;
+  WriteKicksEnabled();  // avail_event follows the index we now wait at
+}
+
 Status SplitQueue::Remap(std::shared_ptr<const GuestMemory> memory) {
   if (memory == nullptr) return MakeError(EINVAL, "remap without a memory table");
   if (!configured_) {

@@ -74,6 +74,12 @@ class SplitQueue {
   // Forgets everything (not configured, not broken, no call fd). Configure() keeps the call
   // fd, since SET_VRING_CALL may arrive before the ring addresses.
   void Reset();
+  // After Configure(): continue from the used index in guest memory (what the device
+  // completed) instead of the given last_avail_idx. For a new process taking over a running
+  // ring (vsockd restarted under a VM): chains the old process took but never completed are
+  // taken again, completed ones are not, as long as chains complete in the order they were
+  // taken (vsockd's device does: an rx chain it cannot fill is un-popped, never held).
+  void ResumeAtUsedIndex();
 
   bool configured() const { return configured_; }
   bool broken() const { return broken_; }

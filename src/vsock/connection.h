@@ -271,14 +271,14 @@ class Connection {
   bool host_registered = false;  // host_fd is in the event loop
   bool host_readable = false;    // edge-triggered readiness, cleared on EAGAIN/short read
   bool host_writable = true;
-  bool host_eof = false;         // read returned 0
-  bool host_rdhup = false;       // EPOLLRDHUP/HUP seen: a read returns 0 once data is drained
-  bool host_hup = false;         // EPOLLHUP: the host peer closed both directions
-  bool host_shut_wr = false;     // we did shutdown(SHUT_WR) after the guest's SHUTDOWN(SEND)
+  bool host_eof = false;              // read returned 0
+  bool host_rdhup = false;            // EPOLLRDHUP/HUP seen: a read returns 0 once data is drained
+  bool host_hup = false;              // EPOLLHUP: the host peer closed both directions
+  bool host_shut_wr = false;          // we did shutdown(SHUT_WR) after the guest's SHUTDOWN(SEND)
   bool host_stopped_reading = false;  // the host peer did shutdown(SHUT_RD): guest data dropped
-  bool host_not_socket = false;  // sendmsg gave ENOTSOCK (a pipe, in tests): use writev
-  bool host_records = false;     // SOCK_SEQPACKET (or DGRAM): one readv per record
-  std::string prefix;            // host bytes already read (HostStream::prefix), sent first
+  bool host_not_socket = false;       // sendmsg gave ENOTSOCK (a pipe, in tests): use writev
+  bool host_records = false;          // SOCK_SEQPACKET (or DGRAM): one readv per record
+  std::string prefix;                 // host bytes already read (HostStream::prefix), sent first
   size_t prefix_off = 0;
 
   uint32_t pending_ctrl = 0;

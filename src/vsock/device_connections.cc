@@ -425,8 +425,8 @@ bool Device::Impl::HostStoppedReading(Connection* conn, int write_errno) {
 void Device::Impl::OnHostStoppedReading(Connection* conn) {
   if (conn->host_stopped_reading) return;
   conn->host_stopped_reading = true;
-  LOG_DEBUG("vsock cid {}: guest port {}: the host peer stopped reading (SHUT_RD)",
-            opts_.guest_cid, conn->info().guest_port);
+  LOG_DEBUG("vsock cid {}: guest port {}: the host peer stopped reading (SHUT_RD)", opts_.guest_cid,
+            conn->info().guest_port);
   const uint32_t discarded = conn->Unforwarded();
   DropGuestData(conn);
   conn->OnForwardedToHost(discarded);
