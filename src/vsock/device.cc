@@ -257,6 +257,14 @@ void Device::Impl::UpdateLimits(const VmBudget& budget, const AccessPolicy& poli
 }
 const DeviceStats& Device::stats() const { return impl_->stats(); }
 
+void Device::SetConnectionObserver(ConnectionObserver observer) {
+  impl_->SetConnectionObserver(std::move(observer));
+}
+
+void Device::ResetGuestConnections(std::span<const ConnectionInfo> connections) {
+  impl_->ResetGuestConnections(connections);
+}
+
 std::vector<Device::ConnectionStatus> Device::Connections() const { return impl_->Connections(); }
 
 const char* RstReasonName(RstReason reason) {
@@ -275,6 +283,8 @@ const char* RstReasonName(RstReason reason) {
       return "protocol";
     case RstReason::kUnknownConnection:
       return "unknown_connection";
+    case RstReason::kRestarted:
+      return "restarted";
   }
   return "?";
 }

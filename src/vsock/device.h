@@ -43,6 +43,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "base/event_loop.h"
 #include "base/result.h"
@@ -85,9 +86,11 @@ enum class RstReason : uint8_t {
   kCloseTimeout,       // the guest did not answer our SHUTDOWN within close_timeout
   kProtocol,           // the guest broke the protocol (credit exceeded, bad type or address)
   kUnknownConnection,  // a packet for a connection that does not exist
+  kRestarted,          // open before vsockd restarted under the VM (ResetGuestConnections)
 };
-inline constexpr size_t kRstReasons = 7;
-// "closed", "refused", "host_error", "close_timeout", "protocol", "unknown_connection".
+inline constexpr size_t kRstReasons = 8;
+// "closed", "refused", "host_error", "close_timeout", "protocol", "unknown_connection",
+// "restarted".
 const char* RstReasonName(RstReason reason);
 
 struct DeviceStats {
@@ -158,6 +161,17 @@ class Device : public virtio::VirtioDevice {
   bool seqpacket_negotiated() const;
   // Abandons a pending ConnectToGuest (the host peer went away); `done` is not called.
   void CancelConnectToGuest(uint64_t id);
+
+  // Told of every connection the device opens (opened true) and frees (false), so that a
+  // keeper can list what the guest may believe open if this process dies (vsockd restarting
+  // under the VM). Called on the loop's thread; must not call back into the device.
+  using ConnectionObserver = std::function<void(const ConnectionInfo& info, bool opened)>;
+  void SetConnectionObserver(ConnectionObserver observer);
+  // After a restart: the connections the previous process had open with this guest get an
+  // RST (reason kRestarted) as soon as the rx queue has buffers, so none of them hangs in the
+  // guest (their host sides died with that process). Connections this device has open are
+  // left alone.
+  void ResetGuestConnections(std::span<const ConnectionInfo> connections);
 
   uint64_t guest_cid() const;
   const DeviceStats& stats() const;

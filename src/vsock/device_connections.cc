@@ -100,6 +100,7 @@ Connection* Device::Impl::AddConnection(const ConnectionInfo& info, ConnState st
   stats_.connections_active = conns_.size();
   LOG_DEBUG("vsock: open {}:{} <-> {}:{} ({})", info.guest_cid, info.guest_port, info.host_cid,
             info.host_port, ConnStateName(state));
+  if (conn_observer_) conn_observer_(info, /*opened=*/true);
   return c;
 }
 
@@ -216,6 +217,7 @@ void Device::Impl::FreeConnection(Connection* conn, RstReason rst) {
     replies_.push_back(conn->MakeHeader(VIRTIO_VSOCK_OP_RST, 0, 0));
     ScheduleRx();
   }
+  if (conn_observer_) conn_observer_(conn->info(), /*opened=*/false);
   admission_.Closed(conn->buf_alloc());
   if (conn->guest_connect_id != 0) guest_connects_.erase(conn->guest_connect_id);
   if (conn->timer != 0) loop_->CancelTimer(conn->timer);
@@ -238,6 +240,9 @@ void Device::Impl::ResetAll(bool notify_connects, bool linger) {
     if (linger && !destroying_) LingerHost(conn.get());
     CloseHost(conn.get());
     DestroyPendingConnect(conn.get());
+    // Not while the device is destroyed: the observer may be gone already, and a keeper
+    // learns of the end from the session's end.
+    if (conn_observer_ && !destroying_) conn_observer_(conn->info(), /*opened=*/false);
     admission_.Closed(conn->buf_alloc());
     freed += conn->buffer.capacity() + conn->out_msg.capacity();
   }
@@ -407,6 +412,27 @@ void Device::Impl::OnHostEof(Connection* conn) {
   } else {
     QueueShutdown(conn, VIRTIO_VSOCK_SHUTDOWN_SEND);
   }
+}
+
+void Device::Impl::ResetGuestConnections(std::span<const ConnectionInfo> connections) {
+  size_t n = 0;
+  for (const ConnectionInfo& c : connections) {
+    if (Find(Connection::MakeKey(c.guest_port, c.host_cid, c.host_port)) != nullptr) continue;
+    PacketHeader h{};
+    h.src_cid = c.host_cid;
+    h.dst_cid = opts_.guest_cid;
+    h.src_port = c.host_port;
+    h.dst_port = c.guest_port;
+    h.type = c.type;
+    h.op = VIRTIO_VSOCK_OP_RST;
+    replies_.push_back(h);
+    ++stats_.rst_by_reason[static_cast<size_t>(RstReason::kRestarted)];
+    ++n;
+  }
+  if (n == 0) return;
+  LOG_INFO("vsock cid {}: resetting {} connections opened before the restart", opts_.guest_cid,
+           n);
+  ScheduleRx();
 }
 
 bool Device::Impl::HostStoppedReading(Connection* conn, int write_errno) {

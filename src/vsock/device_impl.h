@@ -213,6 +213,10 @@ class Device::Impl {
   // A CID our guest may talk to: the host, or another VM (the backend decides which exist).
   bool IsRoutablePeer(uint64_t cid) const;
   void CancelConnectToGuest(uint64_t id);
+  void SetConnectionObserver(Device::ConnectionObserver observer) {
+    conn_observer_ = std::move(observer);
+  }
+  void ResetGuestConnections(std::span<const ConnectionInfo> connections);
 
   uint64_t guest_cid() const { return opts_.guest_cid; }
   const DeviceStats& stats() const;
@@ -432,6 +436,7 @@ class Device::Impl {
   std::unordered_map<ConnKey, std::unique_ptr<Connection>, ConnKeyHash> conns_;
   std::deque<ConnKey> rx_fifo_;       // connections with something for the guest
   std::deque<PacketHeader> replies_;  // RSTs waiting for rx buffers
+  Device::ConnectionObserver conn_observer_;
   std::unordered_map<uint64_t, GuestConnect> guest_connects_;
   uint64_t next_connect_id_ = 1;
   uint32_t next_host_port_ = kHostPortFirst;

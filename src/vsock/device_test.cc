@@ -176,6 +176,48 @@ TEST_F(DeviceTest, HostShutRdReachesTheGuestAsShutdownRcv) {
   EXPECT_EQ(std::string(data.begin(), data.end()), "reply");
 }
 
+// A keeper learns of every connection opened and freed; after a restart, the connections the
+// previous process had open get an RST each (reason "restarted"), those open now do not.
+TEST_F(DeviceTest, ConnectionObserverAndResetAfterRestart) {
+  std::vector<std::pair<uint32_t, bool>> seen;
+  device_->SetConnectionObserver(
+      [&](const ConnectionInfo& info, bool opened) { seen.emplace_back(info.guest_port, opened); });
+  Fd peer = Connect();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], std::make_pair(kGuestPort, true));
+  ASSERT_TRUE(guest_->Send(guest_->Header(VIRTIO_VSOCK_OP_RST, kGuestPort, kHostPort)).ok());
+  Pump();
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1], std::make_pair(kGuestPort, false));
+
+  Fd open_now = Connect(kGuestPort + 1);
+  std::vector<ConnectionInfo> before = {
+      {3, kGuestPort + 1, VMADDR_CID_HOST, kHostPort, VIRTIO_VSOCK_TYPE_STREAM},  // open now
+      {3, 7000, VMADDR_CID_HOST, 123456, VIRTIO_VSOCK_TYPE_STREAM},
+      {3, 7001, 4, 5000, VIRTIO_VSOCK_TYPE_SEQPACKET}};
+  device_->ResetGuestConnections(before);
+  std::vector<RxPacket> rsts;
+  ASSERT_TRUE(RunUntil([&] {
+    guest_->CollectRx();
+    while (!guest_->rx_packets().empty()) {
+      rsts.push_back(std::move(guest_->rx_packets().front()));
+      guest_->rx_packets().pop_front();
+    }
+    return rsts.size() >= 2;
+  }));
+  ASSERT_EQ(rsts.size(), 2u);
+  EXPECT_EQ(rsts[0].hdr.op, VIRTIO_VSOCK_OP_RST);
+  EXPECT_EQ(rsts[0].hdr.dst_port, 7000u);
+  EXPECT_EQ(rsts[0].hdr.src_port, 123456u);
+  EXPECT_EQ(rsts[0].hdr.src_cid, VMADDR_CID_HOST);
+  EXPECT_EQ(rsts[1].hdr.op, VIRTIO_VSOCK_OP_RST);
+  EXPECT_EQ(rsts[1].hdr.src_cid, 4u);
+  EXPECT_EQ(rsts[1].hdr.type, VIRTIO_VSOCK_TYPE_SEQPACKET);
+  EXPECT_EQ(device_->stats().rst_by_reason[static_cast<size_t>(RstReason::kRestarted)], 2u);
+  EXPECT_EQ(device_->stats().connections_active, 1u);
+  device_->SetConnectionObserver(nullptr);
+}
+
 TEST_F(DeviceTest, HostCloseThenCloseTimeoutSendsRst) {
   DeviceOptions o;
   o.close_timeout = std::chrono::milliseconds(20);
