@@ -74,10 +74,15 @@ class Vm {
  public:
   // `inherited`: the daemon's socket-activation pool (may be null: paths only).
   Vm(VmOptions options, EventLoop* loop, host::SiblingRouter* router,
-     InheritedSockets* inherited = nullptr)
-      : options_(std::move(options)), loop_(loop), router_(router), inherited_(inherited) {}
+     InheritedSockets* inherited = nullptr, KeeperLink* keeper = nullptr)
+      : options_(std::move(options)),
+        loop_(loop),
+        router_(router),
+        inherited_(inherited),
+        keeper_(keeper) {}
 
-  Status Init() {
+  // `kept`: the session a previous worker left for this CID (under a keeper), or null.
+  Status Init(KeptSession* kept = nullptr) {
     // The device needs its HostBackend at construction and the backends reach the device
     // through the connector: the connector is created empty and pointed at the device after.
     connector_ = std::make_unique<host::DeviceGuestConnector>();
@@ -135,6 +140,26 @@ class Vm {
           router_->Register(options_.guest_cid, options_.groups, loop_, connector_.get()));
       registered_ = true;
     }
+    if (keeper_ != nullptr) {
+      KeeperLink* link = keeper_;
+      const uint64_t cid = options_.guest_cid;
+      vhost_->SetSessionObserver(
+          [link, cid](const vhost_user::Backend& b) { link->SendSession(cid, b); });
+      device_->SetConnectionObserver([link, cid](const vsock::ConnectionInfo& info, bool opened) {
+        link->SendConnection(cid, info, opened);
+      });
+    }
+    if (kept != nullptr) {
+      Status s = vhost_->Resume(std::move(kept->connection), kept->state, std::move(kept->fds));
+      if (s.ok()) {
+        LOG_INFO("CID {}: vhost-user session resumed after the restart", options_.guest_cid);
+        device_->ResetGuestConnections(kept->connections);
+      } else {
+        // The frontend's socket closes with the kept state: QEMU sees a disconnect.
+        LOG_ERROR("CID {}: cannot resume the vhost-user session: {}", options_.guest_cid,
+                  s.error().ToString());
+      }
+    }
 
     std::string host_side;
     if (!options_.uds_path.empty()) {
@@ -186,6 +211,17 @@ class Vm {
       if (with_connections) st.connections = device_->Connections();
     }
     return st;
+  }
+
+  // Lets go of the session for the next worker (under a keeper): nothing ends for QEMU, and the
+  // keeper hears nothing more from this VM (its connections stay listed for the next worker
+  // to reset).
+  void HandOver() {
+    if (device_) device_->SetConnectionObserver(nullptr);
+    if (vhost_) {
+      vhost_->SetSessionObserver(nullptr);
+      vhost_->Release();
+    }
   }
 
   // New budgets and policy (Daemon::Reload); they apply to connections admitted from now on.
@@ -244,6 +280,7 @@ class Vm {
   EventLoop* loop_;
   host::SiblingRouter* router_;
   InheritedSockets* inherited_;
+  KeeperLink* keeper_;
   bool registered_ = false;
   std::unique_ptr<host::DeviceGuestConnector> connector_;
   std::unique_ptr<host::UnixBackend> host_;
@@ -256,21 +293,23 @@ class Vm {
   ino_t socket_ino_ = 0;
 };
 
-Result<std::unique_ptr<Daemon>> Daemon::Create(const Options& options, bool handle_signals) {
+Result<std::unique_ptr<Daemon>> Daemon::Create(const Options& options, bool handle_signals,
+                                               KeeperLink* keeper, KeptSessions* kept) {
   Options checked = options;
   if (checked.vms.empty()) checked.vms.push_back(static_cast<const VmOptions&>(options));
   // The single-VM form reports a bad CID as before ("guest CID 2 is reserved ...").
   if (options.vms.empty()) VSOCKD_RETURN_IF_ERROR(ValidateGuestCid(options.guest_cid));
   VSOCKD_RETURN_IF_ERROR(ValidateVms(checked.vms));
   std::unique_ptr<Daemon> daemon(new Daemon(std::move(checked)));
-  VSOCKD_RETURN_IF_ERROR(daemon->Init(handle_signals));
+  daemon->keeper_ = keeper;
+  VSOCKD_RETURN_IF_ERROR(daemon->Init(handle_signals, kept));
   return daemon;
 }
 
 Daemon::Daemon(Options options)
     : options_(std::move(options)), inherited_(std::make_unique<InheritedSockets>()) {}
 
-Status Daemon::Init(bool handle_signals) {
+Status Daemon::Init(bool handle_signals, KeptSessions* kept) {
   auto loop = EventLoop::Create();
   if (!loop.ok()) return loop.take_error();
   loop_ = std::move(*loop);
@@ -289,6 +328,7 @@ Status Daemon::Init(bool handle_signals) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGHUP);
+    if (keeper_ != nullptr) sigaddset(&set, SIGUSR2);  // the keeper's "hand over"
     if (::pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) {
       return MakeError(EINVAL, "blocking SIGINT/SIGTERM/SIGHUP failed");
     }
@@ -309,8 +349,13 @@ Status Daemon::Init(bool handle_signals) {
   router_ = std::make_unique<host::SiblingRouter>();
   for (size_t i = 0; i < options_.vms.size(); ++i) {
     auto vm = std::make_unique<Vm>(options_.vms[i], workers_[i % workers].loop.get(), router_.get(),
-                                   inherited_.get());
-    Status s = vm->Init();
+                                   inherited_.get(), keeper_);
+    KeptSession* session = nullptr;
+    if (kept != nullptr) {
+      auto it = kept->find(options_.vms[i].guest_cid);
+      if (it != kept->end()) session = &it->second;
+    }
+    Status s = vm->Init(session);
     // Destroyed (sockets removed) with the daemon on failure.
     vms_.push_back(VmSlot{std::move(vm), i % workers});
     if (!s.ok()) return s;
@@ -414,8 +459,8 @@ Status Daemon::AddVm(const VmOptions& options) {
   for (const VmSlot& slot : vms_) ++load[slot.worker];
   const size_t worker =
       static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-  auto vm =
-      std::make_unique<Vm>(options, workers_[worker].loop.get(), router_.get(), inherited_.get());
+  auto vm = std::make_unique<Vm>(options, workers_[worker].loop.get(), router_.get(),
+                                 inherited_.get(), keeper_);
   Status s;
   RunOnWorker(worker, [&] {
     s = vm->Init();
@@ -565,12 +610,26 @@ Status Daemon::ApplyConfigFile() {
 
 void Daemon::Stop() { loop_->Stop(); }
 
+void Daemon::HandOver() {
+  LOG_INFO("received SIGUSR2: handing {} VMs' sessions over to the next worker", vms_.size());
+  for (VmSlot& slot : vms_) {
+    Vm* vm = slot.vm.get();
+    RunOnWorker(slot.worker, [vm] { vm->HandOver(); });
+  }
+  handed_over_ = true;
+  loop_->Stop();
+}
+
 void Daemon::OnSignal() {
   signalfd_siginfo info;
   for (;;) {
     ssize_t n = ::read(signal_fd_.get(), &info, sizeof info);
     if (n < 0 && errno == EINTR) continue;
     if (n != static_cast<ssize_t>(sizeof info)) return;
+    if (info.ssi_signo == SIGUSR2) {
+      HandOver();
+      continue;
+    }
     if (info.ssi_signo == SIGHUP) {
       LOG_INFO("received SIGHUP, reloading {}", options_.config_path);
       (void)NotifySystemd("RELOADING=1");

@@ -34,6 +34,7 @@
 #include "base/fd.h"
 #include "base/result.h"
 #include "daemon/options.h"
+#include "daemon/session_keeper.h"
 #include "daemon/status.h"
 #include "vsock/device.h"
 
@@ -58,8 +59,13 @@ class Daemon {
   // handle_signals: turn SIGINT/SIGTERM into a clean Stop() through a signalfd in the loop.
   // The signals are blocked in the calling thread (call it before starting other threads,
   // which inherit the mask). Tests running daemons in-process leave it false.
-  static Result<std::unique_ptr<Daemon>> Create(const Options& options,
-                                                bool handle_signals = false);
+  // keeper: under `--keep-sessions`, the link to the session keeper (not owned; outlives the
+  // daemon): every VM reports its session and connections to it, SIGUSR2 hands the sessions
+  // over (handed_over()). kept: the sessions a previous worker left, resumed by the VMs of
+  // the same CID (taken from the map).
+  static Result<std::unique_ptr<Daemon>> Create(const Options& options, bool handle_signals = false,
+                                                KeeperLink* keeper = nullptr,
+                                                KeptSessions* kept = nullptr);
   ~Daemon();
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
@@ -95,6 +101,10 @@ class Daemon {
   Result<vsock::Device::CaptureStatus> Capture(uint64_t cid, const std::string& action,
                                                const vsock::CaptureOptions& options);
 
+  // Every VM let go of its session for the next worker (SIGUSR2 under a keeper): exit with
+  // kExitHandover.
+  bool handed_over() const { return handed_over_; }
+
   // The control loop (signals).
   EventLoop* loop() { return loop_.get(); }
   size_t vm_count() const { return vms_.size(); }
@@ -103,7 +113,9 @@ class Daemon {
 
  private:
   explicit Daemon(Options options);
-  Status Init(bool handle_signals);
+  Status Init(bool handle_signals, KeptSessions* kept);
+  // SIGUSR2 under a keeper: every VM releases its session, then the daemon stops.
+  void HandOver();
   void OnSignal();
   // Runs `fn` on worker `index`'s thread and waits for it (directly when no worker runs).
   void RunOnWorker(size_t index, const std::function<void()>& fn);
@@ -142,6 +154,8 @@ class Daemon {
   std::unique_ptr<RequestServer> control_;
   std::unique_ptr<RequestServer> metrics_;
   bool control_file_ = false;  // we created options_.control_path
+  KeeperLink* keeper_ = nullptr;
+  bool handed_over_ = false;
 };
 
 }  // namespace vsockd::daemon

@@ -594,6 +594,13 @@ ParseOutcome ParseCommandLine(int argc, const char* const* argv) {
                  "write READY\\n to this descriptor once listening, then close it")
       ->type_name("FD")
       ->check(CLI::Range(0, 1 << 20).description(""));
+  app.add_flag("--keep-sessions", o.keep_sessions,
+               "run under a keeper process that holds the VMs' vhost-user sessions: vsockd "
+               "restarts after a crash, or upgrades on SIGUSR2, without restarting the VMs");
+  app.add_option("--keeper-fd", o.keeper_fd, "internal: the keeper's link (set by the keeper)")
+      ->type_name("FD")
+      ->group("")
+      ->check(CLI::Range(0, 1 << 20).description(""));
   app.add_option("--log-level", log_level, "debug, info, warn or error")
       ->type_name("LEVEL")
       ->default_str("info")

@@ -81,6 +81,11 @@ struct Options : VmOptions {
   std::string control_path;
   // --metrics-listen unix:PATH|ADDR:PORT: Prometheus metrics (daemon/metrics.h). Empty: off.
   std::string metrics_listen;
+  // --keep-sessions: run under a session keeper (daemon/session_keeper.h) that holds every
+  // vhost-user session, so vsockd can crash or be upgraded (SIGUSR2) without the VMs noticing.
+  bool keep_sessions = false;
+  // --keeper-fd N (internal): this process is the keeper's worker; N is its link.
+  int keeper_fd = -1;
 };
 
 // What main() should do after parsing.

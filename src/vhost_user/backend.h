@@ -73,6 +73,8 @@ class Backend {
   Status Attach(Fd connection);
 
   bool connected() const { return conn_.valid(); }
+  // The frontend's socket (-1 when not connected), for a keeper to hold a copy.
+  int connection_fd() const { return conn_.get(); }
   // Ends the current session as if the frontend had gone away (no-op when none).
   void Disconnect();
 

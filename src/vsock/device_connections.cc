@@ -430,8 +430,7 @@ void Device::Impl::ResetGuestConnections(std::span<const ConnectionInfo> connect
     ++n;
   }
   if (n == 0) return;
-  LOG_INFO("vsock cid {}: resetting {} connections opened before the restart", opts_.guest_cid,
-           n);
+  LOG_INFO("vsock cid {}: resetting {} connections opened before the restart", opts_.guest_cid, n);
   ScheduleRx();
 }
 
