@@ -301,7 +301,7 @@ for i in "${!SERVICE_PKGS[@]}"; do
     SVDEBS+=("$deb")
   else
     fetch "$pkg"
-    SVVERS[$i]="$DEB_VERSION"
+    SVVERS[i]="$DEB_VERSION"
     SVDEBS+=("$DEB")
   fi
 done
