@@ -8,6 +8,8 @@
 //      bound to VMADDR_CID_ANY, the client on the host connecting to the guest's CID);
 //   3. vsockperf in the guest against a vsockperf server on the host's hybrid socket, both
 //      directions.
+//   4. ssh into the guest: Debian's sshd, per connection behind a vsock listener in the guest,
+//      reached by the host's stock ssh client with vsockcat as ProxyCommand (key made here).
 //
 // Run by scripts/demo.sh after it built everything (vsockd in build/, the guest image in
 // build-guest/image). Exit status 0 when every step worked. Nothing is left running: the
@@ -182,6 +184,64 @@ int Demo(const Args& args) {
         "    (the guest CPU is emulated by QEMU's TCG here, so this measures the emulator more\n"
         "     than vsockd; scripts/bench.sh measures vsockd itself against raw AF_UNIX)\n");
     server.Stop();
+  }
+
+  // 4. A command over ssh: sshd -i per connection on guest port 22, the host's ssh through
+  // vsockd's hybrid socket (CONNECT 22).
+  Step("ssh through vsockd: sshd in the guest (vsock port 22), ssh on the host (ProxyCommand)");
+  {
+    const std::string key = dir.File("id_ed25519");
+    auto gen =
+        testing::RunCommand("ssh-keygen -q -t ed25519 -N '' -f " + testing::ShellLine({key}));
+    if (gen.exit_code != 0) return Fail("ssh-keygen failed (openssh-client):\n" + gen.output);
+    std::string pub = ReadFile(key + ".pub");
+    while (!pub.empty() && pub.back() == '\n') pub.pop_back();
+    if (auto st = vm->RunOk(
+            "mkdir -p -m 700 /root/.ssh && echo '" + pub + "' > /root/.ssh/authorized_keys", 30s);
+        !st.ok()) {
+      return Fail(st.error().ToString());
+    }
+    if (auto st = vm->Spawn("socat VSOCK-LISTEN:22,reuseaddr,fork 'EXEC:/usr/sbin/sshd -i -e'",
+                            "/tmp/sshd.log");
+        !st.ok()) {
+      return Fail(st.error().ToString());
+    }
+    const std::string proxy = "vsockcat hvsock://" + daemon.uds_path() + ":22";
+    std::printf("    guest: socat VSOCK-LISTEN:22,fork EXEC:'/usr/sbin/sshd -i'\n");
+    std::printf("    host:  ssh -o ProxyCommand='%s' root@guest uname -a\n", proxy.c_str());
+    std::vector<std::string> argv = {
+        "ssh",
+        "-F",
+        "/dev/null",
+        "-i",
+        key,
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ProxyCommand=" + testing::ShellLine(
+                              testing::Guarded({testing::BuiltBinary("src/tools/vsockcat/vsockcat"),
+                                                "hvsock://" + daemon.uds_path() + ":22"})),
+        "root@guest",
+        "uname -a"};
+    // The guest's listener needs a moment (TCG): retry until ssh gets through.
+    testing::RunResult r;
+    bool ran = testing::WaitFor(
+        [&] {
+          r = testing::RunCommand(testing::ShellLine(testing::Guarded(argv)));
+          return r.exit_code == 0;
+        },
+        60s);
+    if (!ran) return Fail("ssh into the guest failed:\n" + r.output);
+    Show("ssh root@guest", r.output);
+    if (r.output.find("Linux") == std::string::npos) return Fail("unexpected ssh output");
   }
 
   Step("powering the guest off, stopping vsockd");

@@ -284,6 +284,48 @@ else
   step "cached: vsock_test from $LSPKG $LSVER"
 fi
 
+# --- guest services: qemu-guest-agent and openssh-server (cached per version) --------------
+# Debian 12's qemu-ga and sshd (+ sftp-server: Debian 12's scp speaks sftp), unchanged, so the
+# VM tests check that the services people run over vsock work through vsockd. Fetched from the
+# machine's apt sources for either kernel (they do not depend on it); their shared libraries
+# are the build machine's (copy_with_libs), which scripts/install-deps.sh --guest provides.
+SERVICE_PKGS=(qemu-guest-agent openssh-server openssh-sftp-server)
+svresolved="$cache/debs/services-resolved-$(lists_key).txt"
+SVVERS=()
+if [[ -f "$svresolved" ]]; then read -r -a SVVERS <"$svresolved" || true; fi
+SVDEBS=()
+for i in "${!SERVICE_PKGS[@]}"; do
+  pkg=${SERVICE_PKGS[$i]} ver=${SVVERS[$i]:-}
+  deb="$cache/debs/${pkg}_${ver//:/%3a}_amd64.deb"
+  if [[ -n "$ver" && -s "$deb" ]]; then
+    SVDEBS+=("$deb")
+  else
+    fetch "$pkg"
+    SVVERS[i]="$DEB_VERSION"
+    SVDEBS+=("$DEB")
+  fi
+done
+rm -f "$cache"/debs/services-resolved-*.txt
+echo "${SVVERS[*]}" >"$svresolved"
+svdir="$cache/services/$(echo "${SERVICE_PKGS[*]} ${SVVERS[*]}" | sha256sum | cut -c1-16)"
+if [[ ! -f "$svdir/.complete" ]]; then
+  step "extracting ${SERVICE_PKGS[*]}"
+  rm -rf "$svdir"
+  mkdir -p "$svdir"
+  for deb in "${SVDEBS[@]}"; do dpkg-deb -x "$deb" "$svdir" || die "extracting $deb failed"; done
+  touch "$svdir/.complete"
+fi
+# sshd's host key: made once by the build machine's ssh-keygen and cached, so rebuilding the
+# image gives the same initrd. A test image only: clients skip host key checking.
+sshkey="$cache/ssh/ssh_host_ed25519_key"
+if [[ ! -s "$sshkey" ]]; then
+  command -v ssh-keygen >/dev/null ||
+    die "'ssh-keygen' not found (openssh-client: scripts/install-deps.sh --guest)"
+  mkdir -p "$cache/ssh"
+  rm -f "$sshkey" "$sshkey.pub"
+  ssh-keygen -q -t ed25519 -N '' -C vsockd-test-guest -f "$sshkey" || die "ssh-keygen failed"
+fi
+
 # --- rootfs --------------------------------------------------------------------------------
 root="$out/rootfs"
 step "assembling the root filesystem in $root"
@@ -302,8 +344,12 @@ for a in sys.stdin.read().split():
 ln -s ../../bin/busybox "$root/usr/bin/env"
 install -m 0755 "$repo/guest/rootfs/init" "$root/init"
 install -m 0644 "$agent" "$root/agent"
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
-printf 'root:x:0:\n' >"$root/etc/group"
+# sshd: root logs in with a key only; "sshd" is its privilege separation user (/run/sshd is
+# made by /init, /run being a tmpfs).
+printf 'root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/bin/false\n' \
+  >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+chmod 0700 "$root/root"
 printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
 
 # Modules, flat in /lib/modules/<release>/ (/init insmods them by path). A module missing from
@@ -341,6 +387,15 @@ step "adding socat and python3 ($PY) with their shared libraries"
 copy_with_libs "$SOCAT" /usr/bin/socat
 copy_with_libs "$PY" /usr/bin/python3.11
 ln -s python3.11 "$root/usr/bin/python3"
+
+step "adding qemu-ga, sshd and sftp-server (${SVVERS[*]}) with their shared libraries"
+mkdir -p "$root/usr/lib/openssh" "$root/etc/ssh"
+copy_with_libs "$svdir/usr/sbin/qemu-ga" /usr/sbin/qemu-ga
+copy_with_libs "$svdir/usr/sbin/sshd" /usr/sbin/sshd
+copy_with_libs "$svdir/usr/lib/openssh/sftp-server" /usr/lib/openssh/sftp-server
+install -m 0600 "$sshkey" "$root/etc/ssh/ssh_host_ed25519_key"
+install -m 0644 "$sshkey.pub" "$root/etc/ssh/ssh_host_ed25519_key.pub"
+install -m 0644 "$repo/guest/rootfs/sshd_config" "$root/etc/ssh/sshd_config"
 pyver=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
 pylib=/usr/lib/python3.11
 
@@ -416,6 +471,7 @@ mv "$img/initrd.cpio.gz.tmp" "$img/initrd.cpio.gz"
   echo "busybox: busybox-static $BBVER"
   echo "python: $pyver ($PY, $pycount stdlib files)"
   echo "socat: $("$SOCAT" -V 2>/dev/null | awk '/socat version/ { print $3; exit }')"
+  echo "services: ${SERVICE_PKGS[*]} (${SVVERS[*]})"
   echo "modules: ${KERNEL_MODULES[*]}"
   echo "programs: ${binlist[*]}"
   echo "vsock_test: $LSPKG $LSVER (tools/testing/vsock, static)"

@@ -7,7 +7,9 @@
 #   4. starts vsockd, boots the guest under QEMU attached to it, and shows traffic both ways:
 #      the seed's vsock_client.py in the guest -> vsock_server.py on the host (an unmodified
 #      AF_VSOCK program, run through vsockd's LD_PRELOAD shim), the same programs the other
-#      way round, and a vsockperf figure; then powers the guest off and stops vsockd.
+#      way round, a vsockperf figure, and a command run in the guest over ssh (Debian's sshd
+#      in the guest, the host's ssh with vsockcat as ProxyCommand); then powers the guest off
+#      and stops vsockd.
 # Usage: scripts/demo.sh [vsockd_demo options, e.g. --show-console]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,6 @@ ninja -C build vsockd_demo
 echo "==> [3/4] building the test guest (scripts/build-guest.sh -> build-guest/image)"
 scripts/build-guest.sh
 
-echo "==> [4/4] vsockd + the guest, traffic both ways"
+echo "==> [4/4] vsockd + the guest, traffic both ways, ssh into the guest"
 build/demo/vsockd_demo --image build-guest/image "$@"
 echo "==> demo done in $((SECONDS - start)) s"
