@@ -271,6 +271,7 @@ Status Keeper::Spawn(bool first) {
   }
   args.push_back("--keeper-fd=" + std::to_string(theirs.get()));
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = ::fork();
@@ -297,7 +298,9 @@ Status Keeper::Spawn(bool first) {
 }
 
 void Keeper::SendKept(int fd) {
-  for (auto& [cid, k] : kept_) {
+  for (auto& entry : kept_) {
+    const uint64_t cid = entry.first;
+    Kept& k = entry.second;
     std::vector<int> fds;
     for (const Fd& f : k.fds) fds.push_back(f.get());
     Status st = SendMessage(fd, kSession, 0, cid, k.state, fds);
@@ -314,6 +317,9 @@ void Keeper::SendKept(int fd) {
       if (++n == kRecordsPerMessage) flush();
     }
     flush();
+    // The new worker resets them: forget them here, or a second restart would reset them
+    // again (and the guest may have reused their ports by then).
+    k.conns.clear();
     if (!st.ok()) LOG_WARN("sending VM {}'s kept session: {}", cid, st.error().ToString());
   }
   Status st = SendMessage(fd, kDone, 0, 0, {}, {});
