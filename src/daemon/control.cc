@@ -186,7 +186,14 @@ std::string HandleControlRequest(std::string_view line, const ControlHooks& hook
     if (!s.ok()) return Fail(s.error().context);
     return Answer(json{{"ok", true}});
   }
-  return Fail("unknown command '" + cmd + "' (version, vms, stats, conns, reload, capture)");
+  if (cmd == "upgrade") {
+    if (!hooks.upgrade) return Fail("upgrade is not available here");
+    Status s = hooks.upgrade();
+    if (!s.ok()) return Fail(s.error().context);
+    return Answer(json{{"ok", true}});
+  }
+  return Fail("unknown command '" + cmd +
+              "' (version, vms, stats, conns, reload, capture, upgrade)");
 }
 
 }  // namespace vsockd::daemon

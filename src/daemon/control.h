@@ -28,6 +28,9 @@ struct ControlHooks {
   std::function<Result<vsock::Device::CaptureStatus>(uint64_t cid, const std::string& action,
                                                      const vsock::CaptureOptions& options)>
       capture;
+  // Starts the vsockd binary again under the session keeper (--keep-sessions), keeping the
+  // VMs' sessions (daemon/session_keeper.h); an error without a keeper. May be empty.
+  std::function<Status()> upgrade;
 };
 
 // Answers one request line (without its '\n'); the answer ends with '\n'.

@@ -134,6 +134,22 @@ TEST(ControlTest, ReloadReportsItsOutcome) {
   EXPECT_EQ(reloads, 2);
 }
 
+TEST(ControlTest, UpgradeReportsItsOutcome) {
+  int reloads = 0;
+  ControlHooks hooks = Hooks(&reloads);
+  EXPECT_FALSE(Ask(R"({"cmd":"upgrade"})", hooks)["ok"].get<bool>()) << "no upgrade hook";
+  int upgrades = 0;
+  hooks.upgrade = [&upgrades] {
+    ++upgrades;
+    return upgrades == 1 ? OkStatus() : MakeError(EPERM, "no keeper");
+  };
+  EXPECT_TRUE(Ask(R"({"cmd":"upgrade"})", hooks)["ok"].get<bool>());
+  json bad = Ask(R"({"cmd":"upgrade"})", hooks);
+  EXPECT_FALSE(bad["ok"].get<bool>());
+  EXPECT_EQ(bad["error"], "no keeper");
+  EXPECT_EQ(upgrades, 2);
+}
+
 TEST(ControlTest, BadRequestsGetAnErrorAnswer) {
   int reloads = 0;
   for (const char* line : {"", "nonsense", "[1,2]", R"({"cmd":5})", R"({"cmd":"explode"})",

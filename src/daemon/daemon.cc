@@ -383,7 +383,8 @@ Status Daemon::StartControlAndMetrics() {
         [this] { return Reload(); },
         [this](uint64_t cid, const std::string& action, const vsock::CaptureOptions& opts) {
           return Capture(cid, action, opts);
-        }};
+        },
+        [this] { return RequestUpgrade(); }};
     control_ = std::make_unique<RequestServer>(
         loop_.get(), std::move(*fd),
         [hooks](std::string_view line) { return HandleControlRequest(line, hooks); },
@@ -609,6 +610,18 @@ Status Daemon::ApplyConfigFile() {
 }
 
 void Daemon::Stop() { loop_->Stop(); }
+
+Status Daemon::RequestUpgrade() {
+  if (keeper_ == nullptr) {
+    return MakeError(EPERM,
+                     "vsockd runs without --keep-sessions: restarting it would take the VMs' "
+                     "vsock devices away (start it with --keep-sessions to upgrade in place)");
+  }
+  // The keeper passes SIGUSR2 back to us (HandOver) and starts the binary again.
+  if (::kill(::getppid(), SIGUSR2) != 0) return ErrnoError("signalling the session keeper");
+  LOG_INFO("control: upgrade requested");
+  return OkStatus();
+}
 
 void Daemon::HandOver() {
   LOG_INFO("received SIGUSR2: handing {} VMs' sessions over to the next worker", vms_.size());

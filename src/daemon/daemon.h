@@ -116,6 +116,8 @@ class Daemon {
   Status Init(bool handle_signals, KeptSessions* kept);
   // SIGUSR2 under a keeper: every VM releases its session, then the daemon stops.
   void HandOver();
+  // vsockctl upgrade: asks the keeper to upgrade (SIGUSR2); EPERM without a keeper.
+  Status RequestUpgrade();
   void OnSignal();
   // Runs `fn` on worker `index`'s thread and waits for it (directly when no worker runs).
   void RunOnWorker(size_t index, const std::function<void()>& fn);

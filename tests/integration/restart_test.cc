@@ -39,7 +39,9 @@ pid_t WorkerOf(pid_t keeper) {
 class RestartTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    daemon_ = std::make_unique<Daemon>(dir_, kCid, std::vector<std::string>{"--keep-sessions"});
+    daemon_ = std::make_unique<Daemon>(
+        dir_, kCid,
+        std::vector<std::string>{"--keep-sessions", "--control", dir_.File("control.sock")});
     ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
     ASSERT_TRUE(WaitFor([&] { return WorkerOf(daemon_->pid()) > 0; }));
     vguest::GuestOptions options;
@@ -185,6 +187,25 @@ class RestartTest : public ::testing::Test {
 TEST_F(RestartTest, WorkerKilledTheSessionGoesOn) { RestartUnderOpenConnections(SIGKILL); }
 
 TEST_F(RestartTest, UpgradeHandsTheSessionOver) { RestartUnderOpenConnections(SIGUSR2); }
+
+// `vsockctl upgrade` asks for the same upgrade as SIGUSR2 (through the worker's control socket).
+TEST_F(RestartTest, UpgradeThroughVsockctl) {
+  EchoServer echo(daemon_->uds_path() + "_" + std::to_string(kEchoPort));
+  ASSERT_TRUE(echo.ok());
+  const pid_t worker = WorkerOf(daemon_->pid());
+  ASSERT_GT(worker, 0);
+  RunResult r = RunCommand(BuiltBinary("src/tools/vsockctl/vsockctl") + " --socket " +
+                           dir_.File("control.sock") + " upgrade");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("upgrading"), std::string::npos) << r.output;
+  ASSERT_TRUE(WaitFor([&] {
+    pid_t w = WorkerOf(daemon_->pid());
+    return w > 0 && w != worker && UnixListening(daemon_->uds_path()) &&
+           UnixListening(dir_.File("control.sock"));
+  })) << daemon_->Log();
+  GuestToHostRoundTrip(1 << 20, 20);
+  HostToGuestRoundTrip(1 << 20, 21);
+}
 
 // Killed twice in a row: the kept session survives any number of workers.
 TEST_F(RestartTest, WorkerKilledTwice) {

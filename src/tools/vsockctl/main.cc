@@ -4,6 +4,8 @@
 //   vsockctl [--socket PATH] [--json] stats [CID]    packets, bytes, connections per VM
 //   vsockctl [--socket PATH] [--json] conns [CID]    open connections (like ss)
 //   vsockctl [--socket PATH] reload                  re-read vsockd's --config file
+//   vsockctl [--socket PATH] upgrade                 start vsockd's binary again, keeping the
+//                                                    VMs' sessions (vsockd --keep-sessions)
 //   vsockctl [--socket PATH] version
 //   vsockctl [--socket PATH] capture CID -w FILE [-c COUNT] [-s SNAPLEN] [--max-bytes N]
 //            [--seconds S]                     the VM's packets as pcap (Wireshark: vsock),
@@ -229,6 +231,9 @@ int Main(int argc, char** argv) {
       "(G: the guest may send, V: vsockd may send), age, host socket");
   conns->add_option("CID", cid, "only this VM");
   app.add_subcommand("reload", "re-read vsockd's --config file (as SIGHUP)");
+  app.add_subcommand("upgrade",
+                     "start vsockd's binary again without restarting the VMs (needs vsockd "
+                     "--keep-sessions; as SIGUSR2 to its keeper)");
   app.add_subcommand("version", "vsockd's version");
   CLI::App* capture = app.add_subcommand(
       "capture", "capture a VM's packets as pcap (LINKTYPE_VSOCK, Wireshark's vsock)");
@@ -277,6 +282,8 @@ int Main(int argc, char** argv) {
     PrintConns(*answer);
   } else if (cmd == "reload") {
     std::puts("reloaded");
+  } else if (cmd == "upgrade") {
+    std::puts("upgrading: the keeper starts vsockd's binary again; the VMs keep their devices");
   } else {
     std::puts(answer->at("version").get<std::string>().c_str());
   }
