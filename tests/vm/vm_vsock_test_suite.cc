@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -112,6 +113,17 @@ bool IsSeqpacketTest(const std::string& name) {
   }
   return false;
 }
+
+// "SOCK_STREAM SHUT_RD" races vsock_test's own control channel: the server calls
+// shutdown(SHUT_RD) and at once tells the client over TCP to send, and the client's send()
+// must already fail. The server's kernel sends its SHUTDOWN(RCV) from a workqueue, so the TCP
+// message often leaves first; whether the SHUTDOWN (through vsockd, then the client's vsock
+// rx workqueue) still wins depends on scheduling in three processes and two emulated CPUs.
+// Under load it loses now and then, with any device. So it runs alone after the suite, and
+// passes if one of kRacyAttempts runs passes (a vsockd that does not pass SHUT_RD on never
+// does: its send() always succeeds).
+bool IsRacy(const std::string& name) { return name == "SOCK_STREAM SHUT_RD"; }
+constexpr int kRacyAttempts = 4;
 
 constexpr uint32_t kCidA = 3;
 constexpr uint32_t kCidB = 4;
@@ -313,83 +325,129 @@ class VsockTestSuite : public ::testing::Test {
   }
   static std::string DaemonLog() { return Tail(daemon_->Log()); }
 
-  // vsock_test's --skip options: the SEQPACKET tests while vsockd does not offer SEQPACKET.
-  static std::string SkipArgs() {
-    std::string args;
-    if (kSeqpacketInVsockd) return args;
-    for (size_t id = 0; id < SuiteSize(series_); ++id) {
-      if (IsSeqpacketTest(AllTests()[id])) args += " --skip=" + std::to_string(id);
-    }
-    return args;
-  }
+  // Whether vsock_test runs test `name` here: not the SEQPACKET tests while vsockd does not
+  // offer SEQPACKET.
+  static bool Runs(const std::string& name) { return kSeqpacketInVsockd || !IsSeqpacketTest(name); }
+
+  // What one vsock_test run printed.
+  struct Run {
+    bool ok = false;  // both sides ran to the end and got "ok" (or "skipped" as asked)
+    std::string server_out, client_out;
+    long long ms = 0;
+  };
 
   // One run of the suite: `server` runs vsock_test --mode=server (in the background, logging
-  // to kServerLog), then `client` connects to it at `server_ip`. Checks every test on both
-  // sides.
-  void RunSuite(Vm& server, uint32_t server_cid, Vm& client, uint32_t client_cid,
-                const std::string& server_ip) {
-    const std::string tag = server.options().name + " server, " + client.options().name + " client";
+  // to kServerLog), then `client` connects to it at `server_ip`. Runs the tests of `ids` (the
+  // others are --skip'ped); a fatal failure means the run itself could not happen.
+  Run RunOnce(Vm& server, uint32_t server_cid, Vm& client, uint32_t client_cid,
+              const std::string& server_ip, const std::vector<size_t>& ids) {
+    Run out;
+    std::string skips;
+    for (size_t id = 0; id < SuiteSize(series_); ++id) {
+      if (std::find(ids.begin(), ids.end(), id) == ids.end())
+        skips += " --skip=" + std::to_string(id);
+    }
     auto start = std::chrono::steady_clock::now();
-    ASSERT_TRUE(
-        server
-            .Spawn("vsock_test --mode=server --control-port=" + std::to_string(kControlPort) +
-                       " --peer-cid=" + std::to_string(client_cid) + SkipArgs() + "; echo " +
-                       kExitMarker + " $?",
-                   kServerLog)
-            .ok());
+    Status spawned = server.Spawn(
+        "vsock_test --mode=server --control-port=" + std::to_string(kControlPort) +
+            " --peer-cid=" + std::to_string(client_cid) + skips + "; echo " + kExitMarker + " $?",
+        std::string(kServerLog));
+    EXPECT_TRUE(spawned.ok()) << spawned.error().ToString();
+    if (!spawned.ok()) return out;
     // The client does not retry its control connection: wait for the server's listener.
     auto listening = server.Run(std::string("i=0; until grep -q 'Control socket listening' ") +
                                     kServerLog + "; do i=$((i+1)); [ $i -gt 300 ] && break; " +
                                     "sleep 0.1; done; cat " + kServerLog,
                                 kCmd);
-    ASSERT_TRUE(listening.ok()) << listening.error().ToString();
-    ASSERT_THAT(listening->output, ::testing::HasSubstr("Control socket listening"))
-        << listening->output;
-
+    EXPECT_TRUE(listening.ok() &&
+                listening->output.find("Control socket listening") != std::string::npos)
+        << (listening.ok() ? listening->output : listening.error().ToString());
+    if (!listening.ok()) return out;
     auto client_run = client.Run("vsock_test --mode=client --control-host=" + server_ip +
                                      " --control-port=" + std::to_string(kControlPort) +
-                                     " --peer-cid=" + std::to_string(server_cid) + SkipArgs(),
+                                     " --peer-cid=" + std::to_string(server_cid) + skips,
                                  kSuiteTimeout);
-    ASSERT_TRUE(client_run.ok()) << client_run.error().ToString() << "\nvsockd log:\n"
+    EXPECT_TRUE(client_run.ok()) << (client_run.ok() ? "" : client_run.error().ToString())
+                                 << "\nvsockd log:\n"
                                  << DaemonLog();
     // The server ends with the client (the final COMPLETED barrier, or its 10 s timeouts).
     auto server_run = server.Run(std::string("i=0; until grep -q '") + kExitMarker + "' " +
                                      kServerLog + "; do i=$((i+1)); [ $i -gt 600 ] && break; " +
-                                     "sleep 0.1; done; cat " + kServerLog,
+                                     "sleep 0.1; done; cat " + kServerLog + "; rm -f " + kServerLog,
                                  kCmd);
-    ASSERT_TRUE(server_run.ok()) << server_run.error().ToString();
-    auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - start);
-    const std::string& client_out = client_run->output;
-    const std::string& server_out = server_run->output;
-
-    std::cout << "[ vm ] vsock_test (Linux " << series_ << "), " << tag << ": " << elapsed.count()
-              << " ms\n";
+    EXPECT_TRUE(server_run.ok()) << (server_run.ok() ? "" : server_run.error().ToString());
+    if (!client_run.ok() || !server_run.ok()) return out;
+    out.ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - start)
+                 .count();
+    out.client_out = client_run->output;
+    out.server_out = server_run->output;
+    const std::string done = "All tests have been executed. Waiting other peer...ok";
+    out.ok = client_run->exit_status == 0 && HasLine(out.client_out, done) &&
+             HasLine(out.server_out, done) &&
+             HasLine(out.server_out, std::string(kExitMarker) + " 0");
     for (size_t id = 0; id < SuiteSize(series_); ++id) {
       const std::string& name = AllTests()[id];
-      const std::string want = (!kSeqpacketInVsockd && IsSeqpacketTest(name)) ? "skipped" : "ok";
-      const std::string got_server = TestResult(server_out, id, name);
-      const std::string got_client = TestResult(client_out, id, name);
-      std::cout << "[ vm ]   " << id << " - " << name << ": server " << got_server << ", client "
-                << got_client << "\n";
-      EXPECT_EQ(got_server, want) << "test " << id << " \"" << name << "\" (" << tag
-                                  << "), server side (\"\" = not reached)";
-      EXPECT_EQ(got_client, want) << "test " << id << " \"" << name << "\" (" << tag
-                                  << "), client side (\"\" = not reached)";
+      const bool ran = std::find(ids.begin(), ids.end(), id) != ids.end();
+      const std::string want = ran ? "ok" : "skipped";
+      out.ok = out.ok && TestResult(out.server_out, id, name) == want &&
+               TestResult(out.client_out, id, name) == want;
     }
-    const std::string done = "All tests have been executed. Waiting other peer...ok";
-    EXPECT_TRUE(HasLine(client_out, done)) << tag << ": the client did not finish";
-    EXPECT_TRUE(HasLine(server_out, done)) << tag << ": the server did not finish";
-    EXPECT_EQ(client_run->exit_status, 0) << tag << ": the client's exit status";
-    EXPECT_TRUE(HasLine(server_out, std::string(kExitMarker) + " 0"))
-        << tag << ": the server's exit status";
+    return out;
+  }
+
+  // The suite in one role: every test in one run, except the racy ones (IsRacy), which then
+  // run alone, up to kRacyAttempts times each, and must pass once. Checks every test on both
+  // sides and prints the table.
+  void RunSuite(Vm& server, uint32_t server_cid, Vm& client, uint32_t client_cid,
+                const std::string& server_ip) {
+    const std::string tag = server.options().name + " server, " + client.options().name + " client";
+    std::vector<size_t> main_ids, racy_ids;
+    for (size_t id = 0; id < SuiteSize(series_); ++id) {
+      if (!Runs(AllTests()[id])) continue;
+      (IsRacy(AllTests()[id]) ? racy_ids : main_ids).push_back(id);
+    }
+    Run main = RunOnce(server, server_cid, client, client_cid, server_ip, main_ids);
+    std::cout << "[ vm ] vsock_test (Linux " << series_ << "), " << tag << ": " << main.ms
+              << " ms\n";
+    std::vector<std::string> results(SuiteSize(series_));
+    auto report = [&](const Run& run, size_t id, const std::string& note) {
+      const std::string& name = AllTests()[id];
+      const std::string got_server = TestResult(run.server_out, id, name);
+      const std::string got_client = TestResult(run.client_out, id, name);
+      std::cout << "[ vm ]   " << id << " - " << name << ": server " << got_server << ", client "
+                << got_client << note << "\n";
+      EXPECT_EQ(got_server, Runs(name) ? "ok" : "skipped")
+          << "test " << id << " \"" << name << "\" (" << tag
+          << "), server side (\"\" = not reached)";
+      EXPECT_EQ(got_client, Runs(name) ? "ok" : "skipped")
+          << "test " << id << " \"" << name << "\" (" << tag
+          << "), client side (\"\" = not reached)";
+    };
+    for (size_t id = 0; id < SuiteSize(series_); ++id) {
+      if (std::find(racy_ids.begin(), racy_ids.end(), id) == racy_ids.end()) report(main, id, "");
+    }
+    EXPECT_TRUE(main.ok) << tag << ": the run did not end well";
+    for (size_t id : racy_ids) {
+      Run run;
+      int attempt = 0;
+      while (attempt < kRacyAttempts && !run.ok) {
+        ++attempt;
+        run = RunOnce(server, server_cid, client, client_cid, server_ip, {id});
+        if (HasFatalFailure()) return;
+      }
+      report(run, id,
+             " (run alone; attempt " + std::to_string(attempt) + " of " +
+                 std::to_string(kRacyAttempts) + ")");
+      if (!run.ok) main = run;  // its output goes in the failure message below
+    }
     // Both sides' whole output and vsockd's log, once.
     if (HasFailure()) {
       ADD_FAILURE() << tag << ":\n--- server (" << server.options().name << ", CID " << server_cid
                     << ") ---\n"
-                    << server_out << "\n--- client (" << client.options().name << ", CID "
+                    << main.server_out << "\n--- client (" << client.options().name << ", CID "
                     << client_cid << ") ---\n"
-                    << client_out << "\n--- vsockd log (tail) ---\n"
+                    << main.client_out << "\n--- vsockd log (tail) ---\n"
                     << DaemonLog();
     }
   }
