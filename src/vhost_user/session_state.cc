@@ -38,7 +38,9 @@ class Reader {
     uint64_t x = 0;
     for (size_t i = 0; i < sizeof(T); ++i) x |= uint64_t{in_[pos_ + i]} << (8 * i);
     pos_ += sizeof(T);
-    *v = static_cast<T>(x);
+    // memcpy: `v` may be a member of a packed wire struct (vhost_vring_addr), unaligned.
+    const T value = static_cast<T>(x);
+    std::memcpy(v, &value, sizeof(T));
     return true;
   }
   bool done() const { return pos_ == in_.size(); }
