@@ -43,7 +43,8 @@ TEST(SessionStateTest, RoundTrip) {
   ASSERT_EQ(d->rings.size(), 2u);
   EXPECT_EQ(d->rings[0].num, 256u);
   EXPECT_TRUE(d->rings[0].addr_set);
-  EXPECT_EQ(d->rings[0].addr.used_user_addr, 0x7f0000003000ull);
+  const uint64_t used = d->rings[0].addr.used_user_addr;  // a packed member: no reference
+  EXPECT_EQ(used, 0x7f0000003000ull);
   EXPECT_EQ(d->rings[0].base, 77);
   EXPECT_EQ(d->rings[0].enable, 1);
   EXPECT_TRUE(d->rings[0].running);
