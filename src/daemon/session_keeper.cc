@@ -13,6 +13,7 @@
 #include <deque>
 #include <string_view>
 
+#include "base/byte_codec.h"
 #include "base/log.h"
 #include "vhost_user/backend.h"
 
@@ -34,32 +35,26 @@ constexpr size_t kMaxPayload = 64 * 1024;
 constexpr size_t kMaxFds = 64;
 constexpr size_t kRecordsPerMessage = 2048;
 
-template <typename T>
-void Put(std::vector<uint8_t>* out, T v) {
-  for (size_t i = 0; i < sizeof(T); ++i)
-    out->push_back(static_cast<uint8_t>(uint64_t{v} >> (8 * i)));
+void PutRecord(ByteWriter* out, const vsock::ConnectionInfo& c) {
+  out->Put(c.guest_port);
+  out->Put(c.host_cid);
+  out->Put(c.host_port);
+  out->Put(c.type);
 }
-template <typename T>
-T Get(const uint8_t* p) {
-  uint64_t x = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) x |= uint64_t{p[i]} << (8 * i);
-  return static_cast<T>(x);
-}
-
-void PutRecord(std::vector<uint8_t>* out, const vsock::ConnectionInfo& c) {
-  Put<uint32_t>(out, c.guest_port);
-  Put<uint64_t>(out, c.host_cid);
-  Put<uint32_t>(out, c.host_port);
-  Put<uint16_t>(out, c.type);
-}
-vsock::ConnectionInfo GetRecord(uint64_t cid, const uint8_t* p) {
-  vsock::ConnectionInfo c;
-  c.guest_cid = cid;
-  c.guest_port = Get<uint32_t>(p);
-  c.host_cid = Get<uint64_t>(p + 4);
-  c.host_port = Get<uint32_t>(p + 12);
-  c.type = Get<uint16_t>(p + 16);
-  return c;
+// Reads `count` records of VM `cid` (false if the payload is not exactly that).
+bool GetRecords(std::span<const uint8_t> payload, uint64_t cid, size_t count,
+                std::vector<vsock::ConnectionInfo>* out) {
+  if (payload.size() != count * kRecordBytes) return false;
+  ByteReader r(payload);
+  for (size_t i = 0; i < count; ++i) {
+    vsock::ConnectionInfo c;
+    c.guest_cid = cid;
+    if (!r.Get(&c.guest_port) || !r.Get(&c.host_cid) || !r.Get(&c.host_port) || !r.Get(&c.type)) {
+      return false;
+    }
+    out->push_back(c);
+  }
+  return true;
 }
 // A connection's identity in the guest: (guest port, peer cid, peer port).
 std::tuple<uint32_t, uint64_t, uint32_t> RecordKey(const vsock::ConnectionInfo& c) {
@@ -77,15 +72,16 @@ struct Message {
 Status SendMessage(int fd, uint32_t type, uint32_t count, uint64_t cid,
                    const std::vector<uint8_t>& payload, const std::vector<int>& fds) {
   if (fds.size() > kMaxFds) return MakeError(E2BIG, "{} descriptors in one message", fds.size());
-  std::vector<uint8_t> bytes;
-  Put<uint32_t>(&bytes, type);
-  Put<uint32_t>(&bytes, count);
-  Put<uint64_t>(&bytes, cid);
-  bytes.insert(bytes.end(), payload.begin(), payload.end());
-  iovec iov{bytes.data(), bytes.size()};
+  ByteWriter header;
+  header.Put(type);
+  header.Put(count);
+  header.Put(cid);
+  // Header and payload gathered by sendmsg: one record, no copy of the payload.
+  iovec iov[2] = {{header.bytes().data(), header.bytes().size()},
+                  {const_cast<uint8_t*>(payload.data()), payload.size()}};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = iov;
+  msg.msg_iovlen = payload.empty() ? 1 : 2;
   std::vector<uint8_t> control(CMSG_SPACE(sizeof(int) * kMaxFds));
   if (!fds.empty()) {
     msg.msg_control = control.data();
@@ -133,10 +129,9 @@ Result<Message> ReceiveMessage(int fd, int flags = 0) {
   if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || static_cast<size_t>(n) < kHeaderBytes) {
     return MakeError(EPROTO, "malformed message on the session keeper link");
   }
-  m.type = Get<uint32_t>(buf.data());
-  m.count = Get<uint32_t>(buf.data() + 4);
-  m.cid = Get<uint64_t>(buf.data() + 8);
-  m.payload.assign(buf.begin() + kHeaderBytes, buf.begin() + n);
+  ByteReader r(std::span<const uint8_t>(buf.data(), static_cast<size_t>(n)));
+  (void)(r.Get(&m.type) && r.Get(&m.count) && r.Get(&m.cid));  // n >= kHeaderBytes
+  m.payload.assign(r.rest().begin(), r.rest().end());
   return m;
 }
 
@@ -171,12 +166,8 @@ Result<KeptSessions> KeeperLink::ReceiveKept() {
         break;
       }
       case kConns: {
-        if (m->payload.size() != size_t{m->count} * kRecordBytes) {
+        if (!GetRecords(m->payload, m->cid, m->count, &kept[m->cid].connections)) {
           return MakeError(EPROTO, "kept connection list of the wrong size");
-        }
-        KeptSession& k = kept[m->cid];
-        for (uint32_t i = 0; i < m->count; ++i) {
-          k.connections.push_back(GetRecord(m->cid, m->payload.data() + i * kRecordBytes));
         }
         break;
       }
@@ -207,9 +198,9 @@ void KeeperLink::SendSession(uint64_t cid, const vhost_user::Backend& backend) {
 }
 
 void KeeperLink::SendConnection(uint64_t cid, const vsock::ConnectionInfo& info, bool opened) {
-  std::vector<uint8_t> record;
+  ByteWriter record;
   PutRecord(&record, info);
-  Send(opened ? kConnOpen : kConnClose, cid, record, {});
+  Send(opened ? kConnOpen : kConnClose, cid, record.bytes(), {});
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,12 +295,12 @@ void Keeper::SendKept(int fd) {
     std::vector<int> fds;
     for (const Fd& f : k.fds) fds.push_back(f.get());
     Status st = SendMessage(fd, kSession, 0, cid, k.state, fds);
-    std::vector<uint8_t> batch;
+    ByteWriter batch;
     uint32_t n = 0;
     auto flush = [&] {
       if (n == 0 || !st.ok()) return;
-      st = SendMessage(fd, kConns, n, cid, batch, {});
-      batch.clear();
+      st = SendMessage(fd, kConns, n, cid, batch.bytes(), {});
+      batch.bytes().clear();
       n = 0;
     };
     for (const auto& [key, info] : k.conns) {
@@ -343,10 +334,10 @@ void Keeper::Apply(Message m) {
       return;
     case kConnOpen:
     case kConnClose: {
-      if (m.payload.size() != kRecordBytes) return;
+      std::vector<vsock::ConnectionInfo> one;
       auto it = kept_.find(m.cid);
-      if (it == kept_.end()) return;
-      vsock::ConnectionInfo info = GetRecord(m.cid, m.payload.data());
+      if (it == kept_.end() || !GetRecords(m.payload, m.cid, 1, &one)) return;
+      const vsock::ConnectionInfo& info = one.front();
       if (m.type == kConnOpen) {
         it->second.conns[RecordKey(info)] = info;
       } else {

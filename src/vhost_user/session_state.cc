@@ -1,7 +1,8 @@
 #include "vhost_user/session_state.h"
 
 #include <algorithm>
-#include <cstring>
+
+#include "base/byte_codec.h"
 
 namespace vsockd::vhost_user {
 namespace {
@@ -14,41 +15,6 @@ constexpr uint32_t kVersion = 1;
 // carries in one SET_MEM_TABLE.
 constexpr uint32_t kMaxRings = VHOST_USER_VRING_IDX_MASK + 1;
 constexpr uint32_t kMaxRegions = VHOST_MEMORY_BASELINE_NREGIONS;
-
-class Writer {
- public:
-  template <typename T>
-  void Put(T v) {
-    uint8_t b[sizeof(T)];
-    for (size_t i = 0; i < sizeof(T); ++i) b[i] = static_cast<uint8_t>(uint64_t{v} >> (8 * i));
-    out_.insert(out_.end(), b, b + sizeof(T));
-  }
-  std::vector<uint8_t> Take() { return std::move(out_); }
-
- private:
-  std::vector<uint8_t> out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
-  template <typename T>
-  bool Get(T* v) {
-    if (in_.size() - pos_ < sizeof(T)) return false;
-    uint64_t x = 0;
-    for (size_t i = 0; i < sizeof(T); ++i) x |= uint64_t{in_[pos_ + i]} << (8 * i);
-    pos_ += sizeof(T);
-    // memcpy: `v` may be a member of a packed wire struct (vhost_vring_addr), unaligned.
-    const T value = static_cast<T>(x);
-    std::memcpy(v, &value, sizeof(T));
-    return true;
-  }
-  bool done() const { return pos_ == in_.size(); }
-
- private:
-  std::span<const uint8_t> in_;
-  size_t pos_ = 0;
-};
 
 // A ring's descriptor index as encoded: 0 for none, else index + 1.
 uint32_t EncodeFd(int fd) { return fd < 0 ? 0 : static_cast<uint32_t>(fd) + 1; }
@@ -66,7 +32,7 @@ size_t SessionState::fd_count() const {
 }
 
 std::vector<uint8_t> SessionState::Encode() const {
-  Writer w;
+  ByteWriter w;
   w.Put(kMagic);
   w.Put(kVersion);
   w.Put(acked_features);
@@ -100,7 +66,7 @@ std::vector<uint8_t> SessionState::Encode() const {
 }
 
 Result<SessionState> SessionState::Decode(std::span<const uint8_t> bytes, size_t fds) {
-  Reader r(bytes);
+  ByteReader r(bytes);
   SessionState s;
   uint32_t magic = 0, version = 0, nregions = 0, nrings = 0;
   uint8_t features_set = 0;

@@ -418,15 +418,15 @@ void Device::Impl::ResetGuestConnections(std::span<const ConnectionInfo> connect
   size_t n = 0;
   for (const ConnectionInfo& c : connections) {
     if (Find(Connection::MakeKey(c.guest_port, c.host_cid, c.host_port)) != nullptr) continue;
-    PacketHeader h{};
-    h.src_cid = c.host_cid;
-    h.dst_cid = opts_.guest_cid;
-    h.src_port = c.host_port;
-    h.dst_port = c.guest_port;
-    h.type = c.type;
-    h.op = VIRTIO_VSOCK_OP_RST;
-    replies_.push_back(h);
-    ++stats_.rst_by_reason[static_cast<size_t>(RstReason::kRestarted)];
+    // The RST answering a packet of that connection from the guest.
+    PacketHeader from_guest;
+    from_guest.src_cid = opts_.guest_cid;
+    from_guest.src_port = c.guest_port;
+    from_guest.dst_cid = c.host_cid;
+    from_guest.dst_port = c.host_port;
+    from_guest.type = c.type;
+    from_guest.op = VIRTIO_VSOCK_OP_RW;
+    ReplyRst(from_guest, RstReason::kRestarted);
     ++n;
   }
   if (n == 0) return;

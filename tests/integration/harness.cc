@@ -209,6 +209,13 @@ Status Daemon::Start() {
   return OkStatus();
 }
 
+pid_t FirstChildOf(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  pid_t child = -1;
+  in >> child;
+  return in ? child : -1;
+}
+
 long Daemon::RssKb() const {
   std::ifstream in("/proc/" + std::to_string(proc_.pid()) + "/status");
   std::string line;

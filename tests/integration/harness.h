@@ -86,6 +86,10 @@ class Daemon {
   Subprocess proc_;
 };
 
+// The first child process of `pid` (/proc/PID/task/PID/children), or -1: the worker of a
+// `vsockd --keep-sessions` keeper.
+pid_t FirstChildOf(pid_t pid);
+
 // Path of a binary built next to the tests (VSOCKD_BINARY_DIR is set by CMake).
 std::string BuiltBinary(const std::string& name);
 

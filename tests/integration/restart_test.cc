@@ -8,7 +8,6 @@
 #include <sys/wait.h>
 
 #include <chrono>
-#include <fstream>
 #include <future>
 #include <sstream>
 #include <thread>
@@ -27,15 +26,6 @@ constexpr uint64_t kCid = 3;
 constexpr uint32_t kEchoPort = 9999;
 constexpr uint32_t kGuestPort = 5000;
 
-// The keeper's child (the worker), from /proc; -1 if none.
-pid_t WorkerOf(pid_t keeper) {
-  std::ifstream in("/proc/" + std::to_string(keeper) + "/task/" + std::to_string(keeper) +
-                   "/children");
-  pid_t child = -1;
-  in >> child;
-  return in ? child : -1;
-}
-
 class RestartTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -43,7 +33,7 @@ class RestartTest : public ::testing::Test {
         dir_, kCid,
         std::vector<std::string>{"--keep-sessions", "--control", dir_.File("control.sock")});
     ASSERT_TRUE(daemon_->Start().ok()) << daemon_->Log();
-    ASSERT_TRUE(WaitFor([&] { return WorkerOf(daemon_->pid()) > 0; }));
+    ASSERT_TRUE(WaitFor([&] { return FirstChildOf(daemon_->pid()) > 0; }));
     vguest::GuestOptions options;
     options.socket_path = daemon_->socket_path();
     auto guest = loop_.Call([&] { return vguest::Guest::Attach(loop_.loop(), options); });
@@ -140,7 +130,7 @@ class RestartTest : public ::testing::Test {
     });
     ASSERT_TRUE(WaitFor([&] { return echo.open_now() == 1; }));
 
-    const pid_t old_worker = WorkerOf(daemon_->pid());
+    const pid_t old_worker = FirstChildOf(daemon_->pid());
     ASSERT_GT(old_worker, 0);
     const auto start = std::chrono::steady_clock::now();
     ASSERT_EQ(::kill(sig == SIGKILL ? old_worker : daemon_->pid(), sig), 0);
@@ -154,7 +144,7 @@ class RestartTest : public ::testing::Test {
                               .count();
     EXPECT_EQ(obs->closed_code.load(), ECONNRESET);
     EXPECT_TRUE(WaitFor([&] { return echo.open_now() == 0; })) << "the host peer saw no EOF";
-    const pid_t new_worker = WorkerOf(daemon_->pid());
+    const pid_t new_worker = FirstChildOf(daemon_->pid());
     EXPECT_GT(new_worker, 0);
     EXPECT_NE(new_worker, old_worker);
     ASSERT_TRUE(WaitFor([&] { return UnixListening(daemon_->uds_path()); }));
@@ -192,14 +182,14 @@ TEST_F(RestartTest, UpgradeHandsTheSessionOver) { RestartUnderOpenConnections(SI
 TEST_F(RestartTest, UpgradeThroughVsockctl) {
   EchoServer echo(daemon_->uds_path() + "_" + std::to_string(kEchoPort));
   ASSERT_TRUE(echo.ok());
-  const pid_t worker = WorkerOf(daemon_->pid());
+  const pid_t worker = FirstChildOf(daemon_->pid());
   ASSERT_GT(worker, 0);
   RunResult r = RunCommand(BuiltBinary("src/tools/vsockctl/vsockctl") + " --socket " +
                            dir_.File("control.sock") + " upgrade");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("upgrading"), std::string::npos) << r.output;
   ASSERT_TRUE(WaitFor([&] {
-    pid_t w = WorkerOf(daemon_->pid());
+    pid_t w = FirstChildOf(daemon_->pid());
     return w > 0 && w != worker && UnixListening(daemon_->uds_path()) &&
            UnixListening(dir_.File("control.sock"));
   })) << daemon_->Log();
@@ -212,11 +202,11 @@ TEST_F(RestartTest, WorkerKilledTwice) {
   EchoServer echo(daemon_->uds_path() + "_" + std::to_string(kEchoPort));
   ASSERT_TRUE(echo.ok());
   for (uint32_t round = 0; round < 2; ++round) {
-    const pid_t worker = WorkerOf(daemon_->pid());
+    const pid_t worker = FirstChildOf(daemon_->pid());
     ASSERT_GT(worker, 0);
     ASSERT_EQ(::kill(worker, SIGKILL), 0);
     ASSERT_TRUE(WaitFor([&] {
-      pid_t w = WorkerOf(daemon_->pid());
+      pid_t w = FirstChildOf(daemon_->pid());
       return w > 0 && w != worker && UnixListening(daemon_->uds_path());
     }));
     GuestToHostRoundTrip(1 << 20, 10 + round);

@@ -13,7 +13,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -28,6 +27,7 @@ namespace vsockd::vmtest {
 namespace {
 
 using vsockd::testing::EchoServer;
+using vsockd::testing::FirstChildOf;
 using vsockd::testing::HybridConnect;
 using vsockd::testing::ReadToEof;
 using vsockd::testing::SetSocketTimeouts;
@@ -37,14 +37,6 @@ using Clock = std::chrono::steady_clock;
 constexpr uint32_t kSinkPort = 7000;
 constexpr uint32_t kEchoPort = 7001;
 constexpr uint32_t kGuestEchoPort = 7002;
-
-pid_t WorkerOf(pid_t keeper) {
-  std::ifstream in("/proc/" + std::to_string(keeper) + "/task/" + std::to_string(keeper) +
-                   "/children");
-  pid_t child = -1;
-  in >> child;
-  return in ? child : -1;
-}
 
 // A host service that accepts one connection and counts what it reads until EOF.
 class Sink {
@@ -101,7 +93,7 @@ class VmRestartTest : public VmFixture<VmRestartTest> {
         << DaemonLog();
 
     const pid_t keeper = daemon().pid();
-    const pid_t old_worker = WorkerOf(keeper);
+    const pid_t old_worker = FirstChildOf(keeper);
     ASSERT_GT(old_worker, 0);
     const uint64_t before = sink.received();
     const auto start = Clock::now();
@@ -119,7 +111,7 @@ class VmRestartTest : public VmFixture<VmRestartTest> {
 
     // The same QEMU, the same session: a new connection each way works at once.
     ASSERT_TRUE(WaitFor([&] {
-      pid_t w = WorkerOf(keeper);
+      pid_t w = FirstChildOf(keeper);
       return w > 0 && w != old_worker && vsockd::testing::UnixListening(daemon().uds_path());
     }));
     EchoServer echo(HostPath(kEchoPort));
