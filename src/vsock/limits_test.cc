@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+#include <vector>
+
 namespace vsockd::vsock {
 namespace {
 
@@ -42,6 +46,37 @@ TEST(PortSetTest, MergesOverlappingAndAdjacentRanges) {
   auto again = PortSet::Parse(set->ToString());
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, *set);
+}
+
+// AddRange splices each range into the sorted list: checked against a model (one bit per
+// port) over random ranges of a small port window, shifted to each end of the port space so
+// the merges at 0 and at UINT32_MAX (where last + 1 overflows 32 bits) are covered.
+TEST(PortSetTest, AddRangeMatchesAPortByPortModel) {
+  constexpr uint32_t kWindow = 96;
+  std::mt19937 rng(12);
+  for (uint32_t base : {0u, 1000u, UINT32_MAX - kWindow + 1}) {
+    for (int round = 0; round < 200; ++round) {
+      std::vector<bool> model(kWindow, false);
+      PortSet set = PortSet::None();
+      int items = 1 + static_cast<int>(rng() % 12);
+      for (int i = 0; i < items; ++i) {
+        uint32_t a = rng() % kWindow;
+        uint32_t b = rng() % 4 == 0 ? a : static_cast<uint32_t>(rng() % kWindow);
+        set.AddRange(base + a, base + b);  // either order: AddRange swaps
+        for (uint32_t p = std::min(a, b); p <= std::max(a, b); ++p) model[p] = true;
+      }
+      for (uint32_t p = 0; p < kWindow; ++p) {
+        ASSERT_EQ(set.Contains(base + p), model[p])
+            << "port " << base + p << " of " << set.ToString();
+      }
+      const auto& r = set.ranges();
+      for (size_t i = 1; i < r.size(); ++i) {
+        // Sorted, disjoint and not adjacent (adjacent ranges are merged).
+        ASSERT_GT(static_cast<uint64_t>(r[i].first), static_cast<uint64_t>(r[i - 1].last) + 1)
+            << set.ToString();
+      }
+    }
+  }
 }
 
 TEST(PortSetTest, RejectsBadItemsNamingThem) {
