@@ -1,12 +1,13 @@
 // libFuzzer target for the device side of a split virtqueue: the input is a hostile guest.
 //
-// Layout of the input: an 11-byte header (queue size, feature flags, last_avail_idx, ring
-// offsets, unpop count) followed by the contents of 64 KiB of guest memory (zero-padded),
-// which holds the rings, descriptors, indirect tables and buffers all at once. Guest memory is
-// two regions adjacent in guest-physical space (so buffers may straddle them) but not in
-// frontend-virtual space. The device pops until empty or broken, reads every readable byte,
-// writes every writable byte (possibly over the rings themselves, as a racing guest would),
-// and pushes the chains back. ASan/UBSan catch any access outside the 64 KiB.
+// Layout of the input: an 11-byte header (queue size; flags: event_idx, indirect, misaligned
+// rings, kicks disabled, resume at the used index; last_avail_idx; ring offsets; unpop count)
+// followed by the contents of 64 KiB of guest memory (zero-padded), which holds the rings,
+// descriptors, indirect tables and buffers all at once. Guest memory is two regions adjacent
+// in guest-physical space (so buffers may straddle them) but not in frontend-virtual space.
+// The device pops until empty or broken, reads every readable byte, writes every writable
+// byte (possibly over the rings themselves, as a racing guest would), and pushes the chains
+// back. ASan/UBSan catch any access outside the 64 KiB.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -99,6 +100,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   config.event_idx = flags & 1;
   config.indirect = flags & 2;
   if (!queue.Configure(mem.value(), config, last_avail).ok()) return 0;
+  // Bit 4: a restarted vsockd taking the ring over at the used index the guest's memory holds.
+  if (flags & 16) queue.ResumeAtUsedIndex();
 
   DescChain chain;
   for (int phase = 0; phase < 2; ++phase) {
