@@ -91,9 +91,9 @@ run_one() {
   # frames keep the stacks few; a finding's input is then rerun with the full context.
   [[ $name == daemon_config_fuzz ]] && asan="$asan:malloc_context_size=4"
   # The work dir first (libFuzzer adds new inputs there), the repo corpus second (read only).
-  ASAN_OPTIONS=$asan "$f" "${limit[@]}" -print_final_stats=1 -timeout="$timeout" -rss_limit_mb="$rss_limit" \
-    -artifact_prefix="$arts/$name/" "$work/$name" "fuzz/corpus/$name" >"$logs/$name.log" 2>&1 ||
-    rc=$?
+  ASAN_OPTIONS=$asan "$f" "${limit[@]}" -print_final_stats=1 -timeout="$timeout" \
+    -rss_limit_mb="$rss_limit" -artifact_prefix="$arts/$name/" "$work/$name" \
+    "fuzz/corpus/$name" >"$logs/$name.log" 2>&1 || rc=$?
   echo "$rc" >"$logs/$name.rc"
 }
 
