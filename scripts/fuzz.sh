@@ -15,7 +15,9 @@
 #                    allocator's caches each second above half of it, which a long run of a
 #                    parser under ASan reaches: at 2048 the config target spent half its time
 #                    faulting pages back in)
-#   --update-corpus  merge what the run found into fuzz/corpus/NAME, minimized (-merge=1)
+#   --update-corpus  add to fuzz/corpus/NAME the inputs of the run that reach new coverage
+#                    (-merge=1 into the corpus: inputs already kept stay, so a review sees
+#                    only additions)
 #   --no-build       use build-fuzz/ as it is
 # The repo's corpora are read, never written, unless --update-corpus. New inputs go to
 # build-fuzz/fuzz-work/NAME/, crashes to build-fuzz/fuzz-artifacts/NAME/. Exit code 1 if any
@@ -41,7 +43,7 @@ while [[ $# -gt 0 ]]; do
     --rss-limit) rss_limit="${2:?--rss-limit needs megabytes}"; shift 2 ;;
     --update-corpus) update=1; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 0 ;;
     *) echo "fuzz.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,9 +74,22 @@ fi
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-work=build-fuzz/fuzz-work
-arts=build-fuzz/fuzz-artifacts
-logs=build-fuzz/fuzz-logs
+
+# asan_options NAME: ASAN_OPTIONS for target NAME. yaml-cpp (Debian's, no frame pointers)
+# under the config parser makes ASan's fast unwinder return a different stack for nearly every
+# allocation, and ASan keeps every stack it has seen: 8 MB more every few minutes, then
+# libFuzzer's purges above half of --rss-limit. Four frames keep the stacks few; for a
+# finding's full allocation stacks, rerun its input with the default ASAN_OPTIONS above.
+asan_options() {
+  if [[ $1 == daemon_config_fuzz ]]; then
+    echo "$ASAN_OPTIONS:malloc_context_size=4"
+  else
+    echo "$ASAN_OPTIONS"
+  fi
+}
+work="build-fuzz/fuzz-work"
+arts="build-fuzz/fuzz-artifacts"
+logs="build-fuzz/fuzz-logs"
 mkdir -p "$work" "$arts" "$logs"
 
 # run_one PATH: one target, its log in $logs/NAME.log, its status in $logs/NAME.rc.
@@ -84,16 +99,11 @@ run_one() {
   mkdir -p "$work/$name" "$arts/$name" "fuzz/corpus/$name"
   local limit=(-max_total_time="$seconds")
   [[ -n "$runs" ]] && limit=(-runs="$runs")
-  local rc=0 asan=$ASAN_OPTIONS
-  # yaml-cpp (Debian's, no frame pointers) under the config parser makes ASan's fast unwinder
-  # return a different stack for nearly every allocation, and ASan keeps every stack it has
-  # seen: 8 MB more every few minutes, then libFuzzer's purges above half of --rss-limit. Four
-  # frames keep the stacks few; a finding's input is then rerun with the full context.
-  [[ $name == daemon_config_fuzz ]] && asan="$asan:malloc_context_size=4"
+  local rc=0
   # The work dir first (libFuzzer adds new inputs there), the repo corpus second (read only).
-  ASAN_OPTIONS=$asan "$f" "${limit[@]}" -print_final_stats=1 -timeout="$timeout" \
-    -rss_limit_mb="$rss_limit" -artifact_prefix="$arts/$name/" "$work/$name" \
-    "fuzz/corpus/$name" >"$logs/$name.log" 2>&1 || rc=$?
+  ASAN_OPTIONS=$(asan_options "$name") "$f" "${limit[@]}" -print_final_stats=1 \
+    -timeout="$timeout" -rss_limit_mb="$rss_limit" -artifact_prefix="$arts/$name/" \
+    "$work/$name" "fuzz/corpus/$name" >"$logs/$name.log" 2>&1 || rc=$?
   echo "$rc" >"$logs/$name.rc"
 }
 
@@ -130,12 +140,19 @@ for f in "${selected[@]}"; do
   printf '%-28s %12s %9s %7s %8s %7s  %s\n' "$name" "${execs:-?}" "${speed:-?}" "${cov:-?}" \
     "${ft:-?}" "$corpus" "$result"
   if [[ $update -eq 1 && "$rc" == 0 ]]; then
-    merged=$(mktemp -d)
-    "$f" -merge=1 -timeout=10 "$merged" "fuzz/corpus/$name" "$work/$name" >/dev/null 2>&1
-    rm -rf "fuzz/corpus/$name"
-    mv "$merged" "fuzz/corpus/$name"
-    chmod 755 "fuzz/corpus/$name"
-    echo "   corpus fuzz/corpus/$name: $(find "fuzz/corpus/$name" -type f | wc -l) inputs"
+    # Into the corpus itself: libFuzzer copies there only the inputs that add coverage. (A
+    # minimizing merge into a fresh folder would replace most of the corpus for a few new
+    # features, and a merge that failed half-way would have left a partial corpus behind.)
+    kept=$(find "fuzz/corpus/$name" -type f | wc -l)
+    if ASAN_OPTIONS=$(asan_options "$name") "$f" -merge=1 -timeout="$timeout" \
+      -rss_limit_mb="$rss_limit" "fuzz/corpus/$name" "$work/$name" \
+      >"$logs/$name.merge.log" 2>&1; then
+      now=$(find "fuzz/corpus/$name" -type f | wc -l)
+      echo "   corpus fuzz/corpus/$name: $kept -> $now inputs"
+    else
+      echo "   corpus fuzz/corpus/$name: merge failed, see $logs/$name.merge.log"
+      failed=$((failed + 1))
+    fi
   fi
 done
 echo "fuzz: $passed passed, $failed failed"
